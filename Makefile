@@ -1,0 +1,42 @@
+# Tunggal - every set-up step lives here; a fresh clone needs only python3.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+PROTO   := protos/tunggal/v1/tunggal.proto
+
+.PHONY: run test proto bench lint typecheck clean accuracy
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+## run: start a local cluster (gateway + 2 matcher nodes) with a demo gallery
+run: $(STAMP)
+	$(BIN)/tunggal local
+
+## test: lint, type-check and run the whole test suite
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/pytest -q
+
+## proto: regenerate the Python stubs from protos/
+proto: $(STAMP)
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=. --grpc_python_out=. \
+		--mypy_out=. --mypy_grpc_out=. $(PROTO)
+
+## bench: benchmarks (not in CI); results are appended to docs/BENCHMARKS.md
+bench: $(STAMP)
+	$(BIN)/python -m bench.identify
+	$(BIN)/python -m bench.exact
+
+## lint: ruff and mypy
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,121 @@
+"""Typed settings for every Tunggal process, in one place.
+
+Each field can be overridden by an environment variable: the class's prefix
+plus the field name in upper case, e.g. ``TUNGGAL_DIM=512``,
+``TUNGGAL_NODE_EF_SEARCH=200``, ``TUNGGAL_GATEWAY_PORT=6000``. Command-line
+flags of the console scripts override both. README.md lists them all.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from typing import Any
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MiB = 1024 * 1024
+
+
+def _shared(name: str, default: Any, **kwargs: Any) -> Any:
+    """A field read from ``TUNGGAL_<NAME>`` in every process, whatever its prefix."""
+    return Field(default, validation_alias=AliasChoices(name, f"TUNGGAL_{name.upper()}"), **kwargs)
+
+
+class MatchingSettings(BaseSettings):
+    """Settings every process must agree on (env prefix ``TUNGGAL_``)."""
+
+    model_config = SettingsConfigDict(env_prefix="TUNGGAL_", extra="ignore", populate_by_name=True)
+
+    dim: int = _shared(
+        "dim", 128, ge=2, le=4096, description="Template dimension (float32 values)."
+    )
+    verify_threshold: float = _shared(
+        "verify_threshold",
+        0.40,
+        gt=-1.0,
+        le=1.0,
+        description="Default cosine threshold of a Verify match.",
+    )
+    max_k: int = _shared(
+        "max_k", 100, ge=1, le=10_000, description="Largest k an Identify may ask."
+    )
+    max_templates_per_enroll: int = _shared(
+        "max_templates_per_enroll", 32, ge=1, description="Templates in one Enroll."
+    )
+    max_batch_subjects: int = _shared(
+        "max_batch_subjects", 2_000, ge=1, description="Items in one EnrollBatch."
+    )
+    max_message_bytes: int = _shared(
+        "max_message_bytes",
+        16 * MiB,
+        ge=64 * 1024,
+        description="Largest gRPC message sent or received.",
+    )
+    log_level: str = _shared("log_level", "info", description="debug, info, warning or error.")
+
+
+class NodeSettings(MatchingSettings):
+    """A matcher node (env prefix ``TUNGGAL_NODE_`` for its own fields)."""
+
+    model_config = SettingsConfigDict(env_prefix="TUNGGAL_NODE_", extra="ignore")
+
+    name: str = Field("node-0", description="Shard name; hashed by the shard map.")
+    host: str = "127.0.0.1"
+    port: int = Field(50052, ge=1, le=65535)
+    data_dir: Path = Field(Path("data/node-0"), description="Where the node keeps its files.")
+    hnsw_m: int = Field(16, ge=4, le=128, description="HNSW graph degree M.")
+    ef_construction: int = Field(200, ge=8, description="HNSW build beam width.")
+    ef_search: int = Field(128, ge=8, description="HNSW search beam width.")
+    initial_capacity: int = Field(100_000, ge=16, description="Slots before the first growth.")
+    fetch_factor: int = Field(
+        3, ge=1, description="Templates fetched per wanted subject before the per-subject merge."
+    )
+    snapshot_every_changes: int = Field(
+        200_000, ge=1, description="Write a snapshot after this many durable changes."
+    )
+    snapshot_interval_s: float = Field(
+        600.0, gt=0, description="...or after this long with any change."
+    )
+    snapshots_kept: int = Field(2, ge=1, description="Snapshots kept on disk (newest first).")
+    workers: int = Field(8, ge=1, description="gRPC worker threads.")
+    index_threads: int = Field(2, ge=1, description="Threads hnswlib uses for batch inserts.")
+    request_ttl_s: float = Field(
+        86_400.0, gt=0, description="How long an Enroll request_id is remembered."
+    )
+    grace_s: float = Field(10.0, ge=0, description="Drain time on SIGTERM before stopping.")
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+
+class GatewaySettings(MatchingSettings):
+    """The gateway (env prefix ``TUNGGAL_GATEWAY_`` for its own fields)."""
+
+    model_config = SettingsConfigDict(env_prefix="TUNGGAL_GATEWAY_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(50051, ge=1, le=65535)
+    nodes: str = Field(
+        "node-0=127.0.0.1:50052,node-1=127.0.0.1:50053",
+        description="Comma-separated name=host:port of every matcher node.",
+    )
+    default_deadline_s: float = Field(
+        10.0, gt=0, description="Deadline used for calls that arrive without one."
+    )
+    deadline_margin_s: float = Field(
+        0.05, ge=0, description="Kept back from the caller's deadline to merge and answer."
+    )
+    keepalive_s: float = Field(20.0, gt=0, description="HTTP/2 keepalive ping interval to nodes.")
+    grace_s: float = Field(10.0, ge=0, description="Drain time on SIGTERM before stopping.")
+
+
+def grpc_message_options(max_bytes: int) -> list[tuple[str, int]]:
+    """Channel/server options that set both message size limits."""
+    return [
+        ("grpc.max_send_message_length", max_bytes),
+        ("grpc.max_receive_message_length", max_bytes),
+    ]
