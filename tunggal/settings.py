@@ -9,7 +9,6 @@ flags of the console scripts override both. README.md lists them all.
 from __future__ import annotations
 
 from pathlib import Path
-
 from typing import Any
 
 from pydantic import AliasChoices, Field, field_validator

@@ -33,8 +33,8 @@ def noise_for_genuine(dim: int, genuine: float) -> float:
 
 
 def _normalise(x: npt.NDArray[np.float64]) -> FloatMatrix:
-    out = x / np.linalg.norm(x, axis=1, keepdims=True)
-    return out.astype(np.float32)
+    out: FloatMatrix = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    return out
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,10 @@ class FaceModel:
             rng = np.random.default_rng([self.seed, 1, block])
             low = rng.standard_normal((_BLOCK, self.rank)) @ basis.T / np.sqrt(self.rank)
             iso = rng.standard_normal((_BLOCK, self.dim)) / np.sqrt(self.dim)
-            return np.sqrt(self.structure) * low + np.sqrt(1.0 - self.structure) * iso
+            mixed: npt.NDArray[np.float64] = (
+                np.sqrt(self.structure) * low + np.sqrt(1.0 - self.structure) * iso
+            )
+            return mixed
 
         return _normalise(self._blocks(ids, make))
 

@@ -1,0 +1,450 @@
+"""One shard's gallery: durable store + HNSW index + exact matrix.
+
+Write path (serialised by `_write_mutex`): validate, allocate labels, commit
+to the store (fsynced), then make the change visible in memory: HNSW insert,
+then a short exclusive section that publishes rows and owners. Deletes and
+replaced templates are hidden under that same exclusive section, so once a
+Delete returns no search can return the subject.
+
+Read path (shared lock, parallel): HNSW (or exact) candidates, exact
+re-scoring from the matrix, per-subject aggregation.
+
+Labels are row numbers of the matrix and HNSW labels; freed labels are
+reused (hnswlib un-deletes and overwrites a re-added deleted label in place).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import hnswlib
+import numpy as np
+import numpy.typing as npt
+import structlog
+
+from matcher.exact import ExactMatrix
+from matcher.rwlock import RWLock
+from matcher.snapshot import read_manifest, remove_leftovers, snapshots, write_snapshot
+from matcher.store import EnrollOp, Store
+from tunggal.errors import FailedPrecondition, NotFound
+from tunggal.settings import NodeSettings
+
+FloatMatrix = npt.NDArray[np.float32]
+Labels = npt.NDArray[np.int64]
+
+_log = structlog.get_logger("matcher.gallery")
+_BUILD_CHUNK = 20_000
+
+
+@dataclass(frozen=True)
+class EnrollItem:
+    """A validated enrollment request (vectors normalised)."""
+
+    subject_id: str
+    vectors: FloatMatrix
+    replace: bool
+    request_id: str = ""
+
+    def fingerprint(self) -> bytes:
+        """Digest of the request's content, to detect a reused request_id."""
+        digest = hashlib.sha256()
+        digest.update(self.subject_id.encode())
+        digest.update(b"R" if self.replace else b"A")
+        digest.update(np.ascontiguousarray(self.vectors, dtype="<f4").tobytes())
+        return digest.digest()
+
+
+@dataclass(frozen=True)
+class EnrollResult:
+    """Outcome of one enrollment."""
+
+    subject_id: str
+    template_count: int
+    replayed: bool = False
+
+
+@dataclass(frozen=True)
+class Match:
+    """A subject and its best exact score."""
+
+    subject_id: str
+    score: float
+
+
+class Gallery:
+    """The templates of one shard, searchable and durable."""
+
+    def __init__(self, settings: NodeSettings) -> None:
+        self.settings = settings
+        self.dim = settings.dim
+        self.data_dir = Path(settings.data_dir)
+        self.snapshot_dir = self.data_dir / "snapshots"
+        self._rw = RWLock()
+        self._write_mutex = threading.Lock()
+        self._store = Store(self.data_dir / "gallery.sqlite", self.dim)
+        self._owners: list[str | None] = []
+        self._free: deque[int] = deque()
+        self._next_label = 0
+        self._alive = 0
+        self._snapshot_seq = 0
+        self._changes_since_snapshot = 0
+        self._last_snapshot_time = time.monotonic()
+        self._index: hnswlib.Index
+        self._matrix: ExactMatrix
+        self._load()
+
+    # ---- start-up ----------------------------------------------------------
+
+    def _new_index(self, capacity: int) -> hnswlib.Index:
+        index = hnswlib.Index(space="cosine", dim=self.dim)
+        index.init_index(
+            max_elements=capacity,
+            ef_construction=self.settings.ef_construction,
+            M=self.settings.hnsw_m,
+            allow_replace_deleted=False,
+        )
+        return index
+
+    def _load(self) -> None:
+        started = time.monotonic()
+        remove_leftovers(self.snapshot_dir)
+        last_seq = self._store.last_seq()
+        pruned = int(self._store.get_meta("pruned_through") or 0)
+        # 1. The truth: every stored template, into the matrix and owner list.
+        chunks = list(self._store.iter_templates())
+        high = max((int(c[0][-1]) + 1 for c in chunks), default=0)
+        capacity = max(self.settings.initial_capacity, _grown(high))
+        # 2. The newest good snapshot that the change log can bring up to date.
+        index = None
+        for path in snapshots(self.snapshot_dir):
+            manifest = read_manifest(path)
+            if manifest is None or manifest.dim != self.dim:
+                continue
+            if manifest.seq > last_seq or manifest.seq < pruned:
+                _log.warning("snapshot_not_replayable", path=str(path), seq=manifest.seq)
+                continue
+            capacity = max(capacity, manifest.capacity)
+            index = hnswlib.Index(space="cosine", dim=self.dim)
+            index.load_index(str(path / "index.bin"), max_elements=capacity)
+            self._snapshot_seq = manifest.seq
+            _log.info("snapshot_loaded", path=str(path), seq=manifest.seq)
+            break
+        self._matrix = ExactMatrix(self.dim, capacity)
+        self._owners = [None] * capacity
+        for labels, subjects, vectors in chunks:
+            self._matrix.set_rows(labels, vectors)
+            for label, subject in zip(labels.tolist(), subjects, strict=True):
+                self._owners[label] = subject
+        self._alive = sum(len(c[0]) for c in chunks)
+        if index is None:
+            index = self._rebuild(chunks, capacity)
+        else:
+            self._replay(index, self._store.changed_labels_since(self._snapshot_seq))
+            in_index = np.zeros(capacity, dtype=bool)
+            in_index[np.asarray(index.get_ids_list(), dtype=np.int64)] = True
+            if any(not in_index[c[0]].all() for c in chunks):
+                _log.warning("snapshot_inconsistent_rebuilding")
+                index = self._rebuild(chunks, capacity)
+        index.set_ef(self.settings.ef_search)
+        self._index = index
+        self._next_label = high
+        live = np.zeros(capacity, dtype=bool)
+        for labels, _, _ in chunks:
+            live[labels] = True
+        self._free = deque(np.nonzero(~live[:high])[0].tolist())
+        self._changes_since_snapshot = max(0, last_seq - self._snapshot_seq)
+        _log.info(
+            "gallery_loaded",
+            templates=self._alive,
+            capacity=capacity,
+            seq=last_seq,
+            snapshot_seq=self._snapshot_seq,
+            seconds=round(time.monotonic() - started, 3),
+        )
+
+    def _rebuild(
+        self, chunks: list[tuple[Labels, list[str], FloatMatrix]], capacity: int
+    ) -> hnswlib.Index:
+        _log.info("index_rebuild", templates=sum(len(c[0]) for c in chunks))
+        index = self._new_index(capacity)
+        for labels, _, vectors in chunks:
+            for start in range(0, len(labels), _BUILD_CHUNK):
+                index.add_items(
+                    vectors[start : start + _BUILD_CHUNK],
+                    labels[start : start + _BUILD_CHUNK],
+                    num_threads=self.settings.index_threads,
+                )
+        self._snapshot_seq = 0
+        return index
+
+    def _replay(self, index: hnswlib.Index, touched: Labels) -> None:
+        """Bring a snapshot's index up to date with the store for `touched` labels."""
+        in_index = set(index.get_ids_list())
+        adds = [label for label in touched.tolist() if self._owners[label] is not None]
+        if adds:
+            arr = np.array(adds, dtype=np.int64)
+            index.add_items(self._matrix.rows(arr), arr, num_threads=self.settings.index_threads)
+        for label in touched.tolist():
+            if self._owners[label] is None and label in in_index:
+                with contextlib.suppress(RuntimeError):  # already deleted in the snapshot
+                    index.mark_deleted(label)
+        _log.info("log_replayed", labels=len(touched), upserts=len(adds))
+
+    # ---- writes ------------------------------------------------------------
+
+    def enroll(self, items: Sequence[EnrollItem]) -> list[EnrollResult | Exception]:
+        """Enroll several subjects durably; one result (or error) per item."""
+        results: list[EnrollResult | Exception | None] = [None] * len(items)
+        with self._write_mutex:
+            ops: list[EnrollOp] = []
+            op_pos: list[int] = []
+            seen_ids: set[str] = set()
+            for pos, item in enumerate(items):
+                if item.request_id:
+                    stored = self._store.stored_request(item.request_id)
+                    if stored is not None:
+                        if stored[0] != item.fingerprint():
+                            results[pos] = FailedPrecondition(
+                                f"request_id {item.request_id!r} was already used for a "
+                                "different enrollment: use a new request_id"
+                            )
+                        else:
+                            results[pos] = EnrollResult(item.subject_id, stored[1], replayed=True)
+                        continue
+                    if item.request_id in seen_ids:
+                        results[pos] = FailedPrecondition(
+                            f"request_id {item.request_id!r} appears twice in one batch"
+                        )
+                        continue
+                    seen_ids.add(item.request_id)
+                labels = self._allocate(len(item.vectors))
+                ops.append(
+                    EnrollOp(
+                        item.subject_id,
+                        item.vectors,
+                        labels,
+                        item.replace,
+                        item.request_id,
+                        item.fingerprint(),
+                    )
+                )
+                op_pos.append(pos)
+            if ops:
+                committed = self._commit(ops)
+                for pos, done in zip(op_pos, committed, strict=True):
+                    results[pos] = EnrollResult(done.subject_id, done.template_count)
+        return [r if r is not None else RuntimeError("no result") for r in results]
+
+    def _commit(self, ops: list[EnrollOp]) -> list[EnrollResult]:
+        try:
+            committed = self._store.commit_enrolls(ops, time.time())
+        except BaseException:
+            for op in ops:
+                self._free.extend(op.labels.tolist())
+            raise
+        added = np.concatenate([c.added for c in committed])
+        vectors = np.concatenate([op.vectors for op in ops])
+        removed = np.concatenate([c.removed for c in committed])
+        with self._rw.shared():
+            self._index.add_items(vectors, added, num_threads=self.settings.index_threads)
+        with self._rw.exclusive():
+            self._matrix.set_rows(added, vectors)
+            for op in ops:
+                for label in op.labels.tolist():
+                    self._owners[label] = op.subject_id
+            self._hide(removed)
+        self._alive += len(added) - len(removed)
+        self._forget(removed)
+        self._changes_since_snapshot += len(added) + len(removed)
+        return [EnrollResult(c.subject_id, c.template_count) for c in committed]
+
+    def delete(self, subject_id: str) -> int:
+        """Delete a subject durably; returns how many templates it had."""
+        with self._write_mutex:
+            removed = self._store.delete_subject(subject_id)
+            if len(removed) == 0:
+                return 0
+            with self._rw.exclusive():
+                self._hide(removed)
+            self._alive -= len(removed)
+            self._forget(removed)
+            self._changes_since_snapshot += len(removed)
+            return len(removed)
+
+    def _hide(self, labels: Labels) -> None:
+        """Under the exclusive lock: make labels invisible to searches."""
+        if len(labels):
+            self._matrix.clear_rows(labels)
+            for label in labels.tolist():
+                self._owners[label] = None
+
+    def _forget(self, labels: Labels) -> None:
+        """Drop hidden labels from HNSW and make them reusable."""
+        for label in labels.tolist():
+            self._index.mark_deleted(label)
+        self._free.extend(labels.tolist())
+
+    def _allocate(self, n: int) -> Labels:
+        out: list[int] = []
+        while self._free and len(out) < n:
+            out.append(self._free.popleft())
+        while len(out) < n:
+            out.append(self._next_label)
+            self._next_label += 1
+        if self._next_label > self._matrix.capacity:
+            self._grow(_grown(self._next_label))
+        return np.array(out, dtype=np.int64)
+
+    def _grow(self, capacity: int) -> None:
+        with self._rw.exclusive():
+            self._index.resize_index(capacity)
+            self._matrix.grow(capacity)
+            self._owners.extend([None] * (capacity - len(self._owners)))
+        _log.info("gallery_grown", capacity=capacity)
+
+    # ---- reads -------------------------------------------------------------
+
+    def search(self, probe: FloatMatrix, k: int, min_score: float, exact: bool) -> list[Match]:
+        """Top-k subjects for one normalised probe, best first."""
+        with self._rw.shared():
+            alive = self._alive
+            if alive <= 0:
+                return []
+            fetch = min(alive, k * self.settings.fetch_factor)
+            while True:
+                labels, scores = self._candidates(probe, fetch, exact)
+                matches = self._aggregate(labels, scores, min_score)
+                if len(matches) >= k or fetch >= alive or (scores.size and scores[-1] < min_score):
+                    return matches[:k]
+                fetch = min(alive, fetch * 2)
+
+    def _candidates(
+        self, probe: FloatMatrix, fetch: int, exact: bool
+    ) -> tuple[Labels, FloatMatrix]:
+        if exact:
+            labels, scores = self._matrix.search(probe[None, :], fetch)
+            keep = labels[0] >= 0
+            return labels[0][keep], scores[0][keep]
+        while True:
+            try:
+                found, _ = self._index.knn_query(probe, k=fetch, num_threads=1)
+                break
+            except RuntimeError:
+                # Fewer reachable live elements than asked (many deletions).
+                if fetch <= 1:
+                    return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+                fetch //= 2
+        labels = found[0].astype(np.int64)
+        scores = self._matrix.rows(labels) @ probe  # exact re-scoring
+        order = np.argsort(-scores, kind="stable")
+        return labels[order], scores[order]
+
+    def _aggregate(self, labels: Labels, scores: FloatMatrix, min_score: float) -> list[Match]:
+        best: dict[str, float] = {}
+        for label, score in zip(labels.tolist(), scores.tolist(), strict=True):
+            owner = self._owners[label]
+            if owner is None or score < min_score:
+                continue
+            if score > best.get(owner, -2.0):
+                best[owner] = score
+        return [Match(s, v) for s, v in sorted(best.items(), key=lambda kv: (-kv[1], kv[0]))]
+
+    def verify(self, subject_id: str, probe: FloatMatrix) -> tuple[float, int]:
+        """(best score, templates compared) of a probe against one subject."""
+        labels = self._store.labels_of(subject_id)
+        with self._rw.shared():
+            labels = np.array(
+                [lb for lb in labels.tolist() if self._owners[lb] == subject_id], dtype=np.int64
+            )
+            if len(labels) == 0:
+                raise NotFound(f"subject {subject_id!r} is not enrolled")
+            scores = self._matrix.rows(labels) @ probe
+        return float(scores.max()), len(labels)
+
+    def subject(self, subject_id: str) -> tuple[int, float, float]:
+        """(template_count, created_at, updated_at) of a subject."""
+        found = self._store.subject(subject_id)
+        if found is None:
+            raise NotFound(f"subject {subject_id!r} is not enrolled")
+        return found
+
+    # ---- maintenance -------------------------------------------------------
+
+    def stats(self) -> dict[str, int]:
+        """Counts and positions for Stats and metrics."""
+        subjects, templates = self._store.counts()
+        return {
+            "subjects": subjects,
+            "templates": templates,
+            "capacity": self._matrix.capacity,
+            "ef_search": self.settings.ef_search,
+            "last_seq": self._store.last_seq(),
+            "snapshot_seq": self._snapshot_seq,
+        }
+
+    @property
+    def live_templates(self) -> int:
+        """Live templates, without touching the store (for every Search)."""
+        return self._alive
+
+    def snapshot_due(self) -> bool:
+        """Whether enough changed, or enough time passed with changes, to snapshot."""
+        if self._changes_since_snapshot == 0:
+            return False
+        return self._changes_since_snapshot >= self.settings.snapshot_every_changes or (
+            time.monotonic() - self._last_snapshot_time >= self.settings.snapshot_interval_s
+        )
+
+    def snapshot(self) -> tuple[int, Path | None]:
+        """Write a snapshot of the index now (writers wait; searches go on)."""
+        with self._write_mutex:
+            seq = self._store.last_seq()
+            if seq == self._snapshot_seq and any(True for _ in snapshots(self.snapshot_dir)):
+                return seq, None
+            path = write_snapshot(
+                self.snapshot_dir,
+                self._index,
+                {
+                    "seq": seq,
+                    "dim": self.dim,
+                    "m": self.settings.hnsw_m,
+                    "ef_construction": self.settings.ef_construction,
+                    "capacity": self._matrix.capacity,
+                    "count": self._alive,
+                },
+                keep=self.settings.snapshots_kept,
+            )
+            self._snapshot_seq = seq
+            self._changes_since_snapshot = 0
+            self._last_snapshot_time = time.monotonic()
+            kept = [read_manifest(p) for p in snapshots(self.snapshot_dir)]
+            oldest = min((m.seq for m in kept if m is not None), default=0)
+            self._store.prune(oldest, time.time() - self.settings.request_ttl_s)
+            _log.info("snapshot_written", path=str(path), seq=seq, templates=self._alive)
+            return seq, path
+
+    def close(self, snapshot: bool = True) -> None:
+        """Snapshot (optionally) and close the store."""
+        if snapshot:
+            self.snapshot()
+        self._store.close()
+
+    @property
+    def matrix_bytes(self) -> int:
+        """Memory held by the exact matrix."""
+        return self._matrix.nbytes
+
+
+def _grown(needed: int) -> int:
+    """Capacity to grow to so that `needed` slots fit (doubling, 1024 minimum)."""
+    cap = 1024
+    while cap < needed:
+        cap *= 2
+    return cap

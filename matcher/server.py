@@ -1,0 +1,137 @@
+"""Matcher node process: `tunggal-node` / `python -m matcher.server`.
+
+Start-up order: the gRPC server starts first with health NOT_SERVING (so
+orchestrators see it alive), the gallery loads (snapshot + log replay), then
+health turns SERVING. On SIGTERM/SIGINT: health NOT_SERVING first, refuse
+new work, drain in-flight calls for `grace_s`, write a snapshot, stop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+from collections.abc import Sequence
+from concurrent import futures
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from matcher.gallery import Gallery
+from matcher.service import MatcherNodeService
+from tunggal.logs import configure_logging
+from tunggal.settings import NodeSettings, grpc_message_options
+from tunggal.v1 import tunggal_pb2 as pb
+from tunggal.v1 import tunggal_pb2_grpc as pb_grpc
+
+_log = structlog.get_logger("matcher.server")
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["MatcherNode"].full_name
+
+
+class NodeServer:
+    """A running matcher node: gRPC server, health, gallery, snapshotter."""
+
+    def __init__(
+        self, settings: NodeSettings, interceptors: Sequence[grpc.ServerInterceptor[Any, Any]] = ()
+    ) -> None:
+        self.settings = settings
+        self.service = MatcherNodeService(settings)
+        self.health = health.HealthServicer()
+        self.server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="rpc"),
+            interceptors=list(interceptors),
+            options=[*grpc_message_options(settings.max_message_bytes), ("grpc.so_reuseport", 0)],
+        )
+        pb_grpc.add_MatcherNodeServicer_to_server(self.service, self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
+        )
+        self.port = self.server.add_insecure_port(f"{settings.host}:{settings.port}")
+        self.gallery: Gallery | None = None
+        self._stopped = threading.Event()
+        self._snapshotter = threading.Thread(target=self._snapshot_loop, daemon=True)
+
+    def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType) -> None:
+        self.health.set("", status)
+        self.health.set(SERVICE_NAME, status)
+
+    def start(self) -> None:
+        """Serve at once (NOT_SERVING), load the gallery, then serve it."""
+        self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.server.start()
+        _log.info("node_listening", name=self.settings.name, port=self.port)
+        self.gallery = Gallery(self.settings)
+        self.service.attach(self.gallery)
+        self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        self._snapshotter.start()
+        _log.info("node_serving", name=self.settings.name, port=self.port)
+
+    def _snapshot_loop(self) -> None:
+        while not self._stopped.wait(1.0):
+            gallery = self.gallery
+            if gallery is not None and gallery.snapshot_due():
+                try:
+                    gallery.snapshot()
+                except Exception:
+                    _log.exception("snapshot_failed")
+
+    def stop(self, grace: float | None = None) -> None:
+        """NOT_SERVING, refuse new work, drain, snapshot, close."""
+        if self._stopped.is_set():
+            return
+        self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.service.drain()
+        self.server.stop(self.settings.grace_s if grace is None else grace).wait()
+        self._stopped.set()
+        if self._snapshotter.is_alive():
+            self._snapshotter.join()
+        if self.gallery is not None:
+            self.gallery.close(snapshot=True)
+        _log.info("node_stopped", name=self.settings.name)
+
+    def wait(self) -> None:
+        """Block until stopped."""
+        self._stopped.wait()
+
+
+def parse_args(argv: list[str] | None = None) -> NodeSettings:
+    """NodeSettings from env vars, overridden by command-line flags."""
+    parser = argparse.ArgumentParser(prog="tunggal-node", description=__doc__)
+    parser.add_argument("--name")
+    parser.add_argument("--host")
+    parser.add_argument("--port", type=int)
+    parser.add_argument("--data-dir", type=Path)
+    parser.add_argument("--dim", type=int)
+    parser.add_argument("--ef-search", type=int)
+    parser.add_argument("--log-level")
+    args = parser.parse_args(argv)
+    overrides = {k: v for k, v in vars(args).items() if v is not None}
+    return NodeSettings(**overrides)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run one matcher node until SIGTERM/SIGINT."""
+    settings = parse_args(argv)
+    configure_logging(settings.log_level, service=f"node:{settings.name}")
+    node = NodeServer(settings)
+    stop_requested = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        _log.info("signal", signal=signal.Signals(signum).name)
+        stop_requested.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    node.start()
+    stop_requested.wait()
+    node.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,210 @@
+"""The tunggal.v1.MatcherNode servicer: request validation around a Gallery."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import grpc
+
+from matcher.gallery import EnrollItem, Gallery
+from tunggal import templates as tpl
+from tunggal.errors import DeadlineExceeded, InvalidArgument, TunggalError, Unavailable
+from tunggal.rpc import sync_errors
+from tunggal.settings import NodeSettings
+from tunggal.v1 import tunggal_pb2 as pb
+from tunggal.v1 import tunggal_pb2_grpc as pb_grpc
+
+
+def rss_bytes() -> int:
+    """Resident memory of this process (Linux), 0 where unknown."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def to_item(request: pb.EnrollRequest, settings: NodeSettings, field: str) -> EnrollItem:
+    """Validate an EnrollRequest into an EnrollItem (raises InvalidArgument)."""
+    tpl.check_subject_id(request.subject_id, f"{field}subject_id")
+    tpl.check_mode(request.mode)
+    tpl.check_request_id(request.request_id)
+    vectors = tpl.decode_templates(
+        list(request.templates),
+        settings.dim,
+        settings.max_templates_per_enroll,
+        f"{field}templates",
+    )
+    return EnrollItem(
+        request.subject_id, vectors, request.mode == pb.ENROLL_MODE_REPLACE, request.request_id
+    )
+
+
+class MatcherNodeService(pb_grpc.MatcherNodeServicer):
+    """Serves one shard. Answers UNAVAILABLE until `attach` gives it a gallery."""
+
+    def __init__(self, settings: NodeSettings) -> None:
+        self.settings = settings
+        self._gallery: Gallery | None = None
+        self._draining = threading.Event()
+
+    def attach(self, gallery: Gallery) -> None:
+        """Start serving `gallery`."""
+        self._gallery = gallery
+
+    def drain(self) -> None:
+        """Refuse new work from now on (shutdown in progress)."""
+        self._draining.set()
+
+    def _ready(self, context: grpc.ServicerContext) -> Gallery:
+        if self._draining.is_set():
+            raise Unavailable(f"node {self.settings.name} is shutting down: retry")
+        if self._gallery is None:
+            raise Unavailable(f"node {self.settings.name} is loading its index: retry shortly")
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= 0:
+            raise DeadlineExceeded("deadline passed before the node started the work")
+        return self._gallery
+
+    @sync_errors
+    def Enroll(self, request: pb.EnrollRequest, context: grpc.ServicerContext) -> pb.EnrollResponse:
+        gallery = self._ready(context)
+        result = gallery.enroll([to_item(request, self.settings, "")])[0]
+        if isinstance(result, Exception):
+            raise result
+        return pb.EnrollResponse(
+            subject_id=result.subject_id,
+            template_count=result.template_count,
+            replayed=result.replayed,
+            shard=self.settings.name,
+        )
+
+    @sync_errors
+    def EnrollBatch(
+        self, request: pb.EnrollBatchRequest, context: grpc.ServicerContext
+    ) -> pb.EnrollBatchResponse:
+        gallery = self._ready(context)
+        n = len(request.items)
+        if n == 0:
+            raise InvalidArgument("items is empty: send at least one enrollment")
+        if n > self.settings.max_batch_subjects:
+            raise InvalidArgument(
+                f"items has {n} enrollments, at most {self.settings.max_batch_subjects} per call"
+            )
+        results: list[pb.EnrollBatchItemResult] = [pb.EnrollBatchItemResult() for _ in range(n)]
+        items: list[EnrollItem] = []
+        positions: list[int] = []
+        for pos, req in enumerate(request.items):
+            try:
+                items.append(to_item(req, self.settings, f"items[{pos}]."))
+                positions.append(pos)
+            except TunggalError as exc:
+                results[pos] = pb.EnrollBatchItemResult(code=exc.code.value[0], message=exc.message)
+        for pos, outcome in zip(positions, gallery.enroll(items), strict=True):
+            if isinstance(outcome, TunggalError):
+                results[pos] = pb.EnrollBatchItemResult(
+                    code=outcome.code.value[0], message=outcome.message
+                )
+            elif isinstance(outcome, Exception):
+                raise outcome
+            else:
+                results[pos] = pb.EnrollBatchItemResult(
+                    code=0,
+                    response=pb.EnrollResponse(
+                        subject_id=outcome.subject_id,
+                        template_count=outcome.template_count,
+                        replayed=outcome.replayed,
+                        shard=self.settings.name,
+                    ),
+                )
+        return pb.EnrollBatchResponse(results=results)
+
+    @sync_errors
+    def Delete(self, request: pb.DeleteRequest, context: grpc.ServicerContext) -> pb.DeleteResponse:
+        gallery = self._ready(context)
+        tpl.check_subject_id(request.subject_id)
+        removed = gallery.delete(request.subject_id)
+        return pb.DeleteResponse(
+            subject_id=request.subject_id, deleted=removed > 0, templates_removed=removed
+        )
+
+    @sync_errors
+    def Verify(self, request: pb.VerifyRequest, context: grpc.ServicerContext) -> pb.VerifyResponse:
+        gallery = self._ready(context)
+        tpl.check_subject_id(request.subject_id)
+        probe = tpl.decode_probe(request.probe, self.settings.dim)
+        threshold = (
+            tpl.check_score(request.threshold, "threshold")
+            if request.HasField("threshold")
+            else self.settings.verify_threshold
+        )
+        score, compared = gallery.verify(request.subject_id, probe)
+        return pb.VerifyResponse(
+            subject_id=request.subject_id,
+            score=score,
+            match=score >= threshold,
+            threshold_used=threshold,
+            templates_compared=compared,
+        )
+
+    @sync_errors
+    def Search(
+        self, request: pb.NodeSearchRequest, context: grpc.ServicerContext
+    ) -> pb.NodeSearchResponse:
+        gallery = self._ready(context)
+        probe = tpl.decode_template(request.probe, self.settings.dim, "probe.template")
+        k = tpl.check_k(request.k, self.settings.max_k)
+        min_score = tpl.check_score(request.min_score, "min_score")
+        matches = gallery.search(probe, k, min_score, request.exact)
+        return pb.NodeSearchResponse(
+            candidates=[
+                pb.Candidate(subject_id=m.subject_id, score=m.score, shard=self.settings.name)
+                for m in matches
+            ],
+            templates=gallery.live_templates,
+            ef=0 if request.exact else self.settings.ef_search,
+        )
+
+    @sync_errors
+    def GetSubject(
+        self, request: pb.GetSubjectRequest, context: grpc.ServicerContext
+    ) -> pb.Subject:
+        gallery = self._ready(context)
+        tpl.check_subject_id(request.subject_id)
+        count, created, updated = gallery.subject(request.subject_id)
+        return pb.Subject(
+            subject_id=request.subject_id,
+            template_count=count,
+            shard=self.settings.name,
+            created_at=created,
+            updated_at=updated,
+        )
+
+    @sync_errors
+    def Stats(self, request: pb.StatsRequest, context: grpc.ServicerContext) -> pb.NodeStats:
+        gallery = self._gallery
+        base = pb.NodeStats(
+            name=self.settings.name,
+            address=f"{self.settings.host}:{self.settings.port}",
+            serving=gallery is not None and not self._draining.is_set(),
+            dim=self.settings.dim,
+            rss_bytes=rss_bytes(),
+        )
+        if gallery is not None:
+            s = gallery.stats()
+            base.subjects = s["subjects"]
+            base.templates = s["templates"]
+            base.capacity = s["capacity"]
+            base.ef_search = s["ef_search"]
+            base.last_seq = s["last_seq"]
+            base.snapshot_seq = s["snapshot_seq"]
+        return base
+
+    @sync_errors
+    def Snapshot(
+        self, request: pb.SnapshotRequest, context: grpc.ServicerContext
+    ) -> pb.SnapshotResponse:
+        gallery = self._ready(context)
+        seq, path = gallery.snapshot()
+        return pb.SnapshotResponse(seq=seq, path=str(path) if path else "")

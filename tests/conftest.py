@@ -1,0 +1,120 @@
+"""Shared fixtures: free ports, real node processes, real local clusters."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from tunggal.localcluster import LocalCluster, wait_serving
+from tunggal.v1 import tunggal_pb2_grpc as pb_grpc
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def free_port_run(length: int) -> int:
+    """The first of `length` consecutive free ports."""
+    for _ in range(200):
+        base = free_port()
+        if base + length >= 65535:
+            continue
+        socks = []
+        try:
+            for p in range(base, base + length):
+                s = socket.socket()
+                s.bind(("127.0.0.1", p))
+                socks.append(s)
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no run of free ports found")
+
+
+class NodeProcess:
+    """One real matcher node process on a free port."""
+
+    def __init__(self, data_dir: Path, name: str = "node-0", extra: list[str] | None = None):
+        self.data_dir = data_dir
+        self.name = name
+        self.extra = extra or []
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = data_dir.parent / f"{name}.log"
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> NodeProcess:
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable, "-m", "matcher.server",
+                    "--name", self.name, "--port", str(self.port),
+                    "--data-dir", str(self.data_dir), *self.extra,
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        wait_serving(self.address, 60, self.proc)
+        return self
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def stop(self) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        return self.proc.wait(timeout=60)
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[NodeProcess]:
+    """A fresh matcher node process (dim 128) with its own data directory."""
+    proc = NodeProcess(tmp_path / "node-0").start()
+    yield proc
+    proc.kill()
+
+
+@pytest.fixture
+def node_stub(node: NodeProcess) -> Iterator[pb_grpc.MatcherNodeStub]:
+    """A MatcherNode stub connected to `node`."""
+    with grpc.insecure_channel(node.address) as channel:
+        yield pb_grpc.MatcherNodeStub(channel)
+
+
+@pytest.fixture
+def cluster_factory(tmp_path: Path) -> Iterator[type[LocalCluster]]:
+    """Makes LocalClusters on free ports under tmp_path; stops them at the end."""
+    made: list[LocalCluster] = []
+
+    class _Factory(LocalCluster):
+        def __init__(self, data_dir: Path | None = None, nodes: int = 2, **kw: object) -> None:
+            super().__init__(
+                data_dir=data_dir or tmp_path / "cluster",
+                base_port=free_port_run(nodes + 1),
+                nodes=nodes,
+                **kw,  # type: ignore[arg-type]
+            )
+            made.append(self)
+
+    yield _Factory
+    for cluster in made:
+        cluster.stop(timeout=20)
