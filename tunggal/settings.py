@@ -32,7 +32,7 @@ class MatchingSettings(BaseSettings):
     )
     verify_threshold: float = _shared(
         "verify_threshold",
-        0.40,
+        0.50,
         gt=-1.0,
         le=1.0,
         description="Default cosine threshold of a Verify match.",

@@ -51,7 +51,7 @@ class FaceModel:
 
     dim: int = 128
     structure: float = 0.7
-    rank: int = 32
+    rank: int = 64
     genuine: float = 0.68
     seed: int = 7
 
