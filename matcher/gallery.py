@@ -387,6 +387,8 @@ class Gallery:
             "ef_search": self.settings.ef_search,
             "last_seq": self._store.last_seq(),
             "snapshot_seq": self._snapshot_seq,
+            "index_bytes": int(self._index.index_file_size()),
+            "matrix_bytes": self._matrix.nbytes,
         }
 
     @property

@@ -25,7 +25,7 @@ from grpc_reflection.v1alpha import reflection
 from matcher.gallery import Gallery
 from matcher.service import MatcherNodeService
 from tunggal.logs import configure_logging
-from tunggal.settings import NodeSettings, grpc_message_options
+from tunggal.settings import NodeSettings, grpc_message_options, server_keepalive_options
 from tunggal.v1 import tunggal_pb2 as pb
 from tunggal.v1 import tunggal_pb2_grpc as pb_grpc
 
@@ -45,7 +45,11 @@ class NodeServer:
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="rpc"),
             interceptors=list(interceptors),
-            options=[*grpc_message_options(settings.max_message_bytes), ("grpc.so_reuseport", 0)],
+            options=[
+                *grpc_message_options(settings.max_message_bytes),
+                *server_keepalive_options(),
+                ("grpc.so_reuseport", 0),
+            ],
         )
         pb_grpc.add_MatcherNodeServicer_to_server(self.service, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

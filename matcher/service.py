@@ -199,6 +199,8 @@ class MatcherNodeService(pb_grpc.MatcherNodeServicer):
             base.ef_search = s["ef_search"]
             base.last_seq = s["last_seq"]
             base.snapshot_seq = s["snapshot_seq"]
+            base.index_bytes = s["index_bytes"]
+            base.matrix_bytes = s["matrix_bytes"]
         return base
 
     @sync_errors

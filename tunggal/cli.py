@@ -1,9 +1,9 @@
 """`tunggal` command: the local cluster and operator tools.
 
-  tunggal local      start gateway + nodes on 127.0.0.1 with a demo gallery
-  tunggal stats      per-shard counts and state (through the gateway)
-  tunggal snapshot   ask a node to write a snapshot now
-  tunggal owner      which node owns a subject id
+tunggal local      start gateway + nodes on 127.0.0.1 with a demo gallery
+tunggal stats      per-shard counts and state (through the gateway)
+tunggal snapshot   ask a node to write a snapshot now
+tunggal owner      which node owns a subject id
 """
 
 from __future__ import annotations

@@ -111,6 +111,8 @@ class NodeInfo:
     snapshot_seq: int
     rss_bytes: int
     error: str
+    index_bytes: int = 0
+    matrix_bytes: int = 0
 
 
 def _as_matrix(templates: npt.ArrayLike, what: str) -> npt.NDArray[np.float32]:
@@ -346,6 +348,8 @@ class TunggalClient:
                 snapshot_seq=n.snapshot_seq,
                 rss_bytes=n.rss_bytes,
                 error=n.error,
+                index_bytes=n.index_bytes,
+                matrix_bytes=n.matrix_bytes,
             )
             for n in response.nodes
         ]

@@ -15,6 +15,7 @@ from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MiB = 1024 * 1024
+MIN_PING_INTERVAL_S = 10.0
 
 
 def _shared(name: str, default: Any, **kwargs: Any) -> Any:
@@ -108,7 +109,11 @@ class GatewaySettings(MatchingSettings):
     deadline_margin_s: float = Field(
         0.05, ge=0, description="Kept back from the caller's deadline to merge and answer."
     )
-    keepalive_s: float = Field(20.0, gt=0, description="HTTP/2 keepalive ping interval to nodes.")
+    keepalive_s: float = Field(
+        20.0,
+        ge=MIN_PING_INTERVAL_S,
+        description="HTTP/2 keepalive ping interval to nodes (nodes accept one per 10 s).",
+    )
     grace_s: float = Field(10.0, ge=0, description="Drain time on SIGTERM before stopping.")
 
 
@@ -117,4 +122,17 @@ def grpc_message_options(max_bytes: int) -> list[tuple[str, int]]:
     return [
         ("grpc.max_send_message_length", max_bytes),
         ("grpc.max_receive_message_length", max_bytes),
+    ]
+
+
+def server_keepalive_options() -> list[tuple[str, int]]:
+    """Server options accepting clients' keepalive pings, even between calls.
+
+    Pings closer than MIN_PING_INTERVAL_S apart are still refused, so a
+    misbehaving client cannot flood a server with them.
+    """
+    return [
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", int(MIN_PING_INTERVAL_S * 1000)),
+        ("grpc.http2.max_ping_strikes", 0),
     ]

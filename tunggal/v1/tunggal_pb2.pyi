@@ -562,6 +562,8 @@ class NodeStats(_message.Message):
     SNAPSHOT_SEQ_FIELD_NUMBER: _builtins.int
     RSS_BYTES_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    INDEX_BYTES_FIELD_NUMBER: _builtins.int
+    MATRIX_BYTES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     address: _builtins.str
     serving: _builtins.bool
@@ -578,6 +580,11 @@ class NodeStats(_message.Message):
     """Resident memory of the node process, bytes."""
     error: _builtins.str
     """Set when the node could not be reached (gateway's view)."""
+    index_bytes: _builtins.int
+    """Bytes of the HNSW index (graph + its copy of the vectors) and of the
+    exact-search matrix (see docs/storage.md).
+    """
+    matrix_bytes: _builtins.int
     def __init__(
         self,
         *,
@@ -593,10 +600,12 @@ class NodeStats(_message.Message):
         snapshot_seq: _builtins.int = ...,
         rss_bytes: _builtins.int = ...,
         error: _builtins.str = ...,
+        index_bytes: _builtins.int = ...,
+        matrix_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "capacity", b"capacity", "dim", b"dim", "ef_search", b"ef_search", "error", b"error", "last_seq", b"last_seq", "name", b"name", "rss_bytes", b"rss_bytes", "serving", b"serving", "snapshot_seq", b"snapshot_seq", "subjects", b"subjects", "templates", b"templates"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "capacity", b"capacity", "dim", b"dim", "ef_search", b"ef_search", "error", b"error", "index_bytes", b"index_bytes", "last_seq", b"last_seq", "matrix_bytes", b"matrix_bytes", "name", b"name", "rss_bytes", b"rss_bytes", "serving", b"serving", "snapshot_seq", b"snapshot_seq", "subjects", b"subjects", "templates", b"templates"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,565 @@
+"""The gateway: serves tunggal.v1.Matcher and fans calls out to the matcher nodes.
+
+Every request is validated here first (same checks and messages as the
+nodes, from `tunggal.templates`). Subject calls (Enroll, Delete, Verify,
+GetSubject) go to the owning node (rendezvous hashing, `shard.shardmap`);
+EnrollBatch is split by owner and sent concurrently; Identify asks every node
+concurrently and merges, answering with what it has (partial=true) when some
+nodes fail. A node's status is passed on with its code; a node that cannot be
+reached is UNAVAILABLE naming the shard.
+
+Run: ``tunggal-gateway --nodes node-0=127.0.0.1:50052,node-1=127.0.0.1:50053``
+or ``python -m gateway.server``. In tests: ``server = await serve(settings,
+port=0)``, then ``server.port`` and ``await server.stop()``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import grpc
+import grpc.aio
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from pydantic import ValidationError
+
+from gateway.merge import merge_candidates
+from gateway.nodes import NodePool
+from shard.shardmap import Node, ShardMap, parse_nodes
+from tunggal.errors import (
+    DeadlineExceeded,
+    InvalidArgument,
+    TunggalError,
+    Unavailable,
+)
+from tunggal.logs import configure_logging
+from tunggal.rpc import async_errors
+from tunggal.settings import GatewaySettings, grpc_message_options
+from tunggal.templates import (
+    check_k,
+    check_mode,
+    check_request_id,
+    check_score,
+    check_subject_id,
+    decode_probe,
+    decode_templates,
+)
+from tunggal.v1 import tunggal_pb2 as pb
+from tunggal.v1 import tunggal_pb2_grpc as pb_grpc
+
+_log = structlog.get_logger("gateway")
+
+Context = grpc.aio.ServicerContext[Any, Any]
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+
+MATCHER_SERVICE = pb.DESCRIPTOR.services_by_name["Matcher"].full_name
+# time_remaining() above this many seconds means "no deadline" (sync servers).
+_NO_DEADLINE_S = 1e8
+# Trailers of a node's error that the caller should see too.
+_FORWARDED_TRAILERS = ("grpc-retry-pushback-ms",)
+# Node codes that describe the request, not the node: passed on unchanged.
+_REQUEST_CODES = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.ALREADY_EXISTS,
+        grpc.StatusCode.OUT_OF_RANGE,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.UNAUTHENTICATED,
+    }
+)
+
+
+class ShardError(TunggalError):
+    """A node's failure, carried to the caller with the node's own status code."""
+
+    def __init__(
+        self,
+        node: Node,
+        code: grpc.StatusCode,
+        message: str,
+        trailers: tuple[tuple[str, str], ...] = (),
+    ) -> None:
+        super().__init__(message)
+        self.node = node
+        self.code = code
+        self.trailers = trailers
+
+
+def code_number(code: grpc.StatusCode) -> int:
+    """The integer of a gRPC status code (what EnrollBatchItemResult.code holds)."""
+    number: int = code.value[0]
+    return number
+
+
+def shard_error(node: Node, exc: grpc.aio.AioRpcError) -> ShardError:
+    """Turn a failed call to `node` into the error the caller should see."""
+    code = exc.code()
+    details = exc.details() or code.name.lower()
+    if code in _REQUEST_CODES:
+        message = details
+    elif code == grpc.StatusCode.UNAVAILABLE:
+        message = f"shard {node} unavailable: {details}"
+    elif code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        message = f"shard {node} did not answer in time: {details}"
+    else:
+        message = f"shard {node} failed ({code.name}): {details}"
+    metadata: Any = exc.trailing_metadata() or ()  # grpc.aio.Metadata: (key, value) pairs
+    trailers = tuple(
+        (str(key), str(value)) for key, value in metadata if key in _FORWARDED_TRAILERS
+    )
+    return ShardError(node, code, message, trailers)
+
+
+def _check_threshold(value: float) -> float:
+    threshold = check_score(value, "threshold")
+    if threshold <= -1.0:
+        raise InvalidArgument(f"threshold is {value}, must be greater than -1 and at most 1")
+    return threshold
+
+
+class MatcherGateway(pb_grpc.MatcherServicer):
+    """tunggal.v1.Matcher over a set of matcher nodes."""
+
+    def __init__(self, settings: GatewaySettings, shard_map: ShardMap, pool: NodePool) -> None:
+        self.settings = settings
+        self.shard_map = shard_map
+        self.pool = pool
+
+    # -- helpers -----------------------------------------------------------
+
+    def _budget(self, context: Context) -> float:
+        """Seconds the node calls may take: caller's deadline less the margin."""
+        remaining: float | None = context.time_remaining()
+        if remaining is None or remaining > _NO_DEADLINE_S:
+            remaining = self.settings.default_deadline_s
+        if remaining <= 0:
+            raise DeadlineExceeded("the call's deadline passed before it reached the shards")
+        return max(remaining - self.settings.deadline_margin_s, remaining / 2)
+
+    async def _unary(
+        self,
+        node: Node,
+        call: grpc.aio.UnaryUnaryMultiCallable[Req, Resp],
+        request: Req,
+        timeout: float,
+    ) -> Resp:
+        try:
+            return await call(request, timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise shard_error(node, exc) from None
+
+    async def _owner_call(
+        self,
+        subject_id: str,
+        method: Callable[
+            [pb_grpc.MatcherNodeAsyncStub], grpc.aio.UnaryUnaryMultiCallable[Req, Resp]
+        ],
+        request: Req,
+        context: Context,
+    ) -> tuple[Node, Resp]:
+        """Send `request` to the owner of `subject_id`; node errors keep their code."""
+        node = self.shard_map.owner(subject_id)
+        try:
+            return node, await self._unary(
+                node, method(self.pool[node].stub), request, self._budget(context)
+            )
+        except ShardError as exc:
+            self._log_failure(type(request).__name__.removesuffix("Request"), exc)
+            if exc.trailers:
+                context.set_trailing_metadata(exc.trailers)
+            raise
+
+    @staticmethod
+    def _log_failure(method: str, exc: ShardError) -> None:
+        if exc.code in _REQUEST_CODES:
+            return
+        _log.warning(
+            "shard_call_failed",
+            method=method,
+            shard=exc.node.name,
+            address=exc.node.address,
+            code=exc.code.name,
+            error=exc.message,
+        )
+
+    def _check_enroll(self, request: pb.EnrollRequest, field: str = "") -> None:
+        """The node's checks (`field` prefixes names, e.g. ``items[3].``)."""
+        check_subject_id(request.subject_id, f"{field}subject_id")
+        check_mode(request.mode)
+        check_request_id(request.request_id)
+        decode_templates(
+            list(request.templates),
+            self.settings.dim,
+            self.settings.max_templates_per_enroll,
+            f"{field}templates",
+        )
+
+    # -- RPCs ----------------------------------------------------------------
+
+    @async_errors
+    async def Enroll(self, request: pb.EnrollRequest, context: Context) -> pb.EnrollResponse:
+        self._check_enroll(request)
+        node, response = await self._owner_call(
+            request.subject_id, lambda stub: stub.Enroll, request, context
+        )
+        response.shard = node.name
+        return response
+
+    @async_errors
+    async def EnrollBatch(
+        self, request: pb.EnrollBatchRequest, context: Context
+    ) -> pb.EnrollBatchResponse:
+        items = request.items
+        limit = self.settings.max_batch_subjects
+        if not items:
+            raise InvalidArgument("items is empty: send at least one enrollment")
+        if len(items) > limit:
+            raise InvalidArgument(f"items has {len(items)} enrollments, at most {limit} per call")
+        results = [pb.EnrollBatchItemResult() for _ in items]
+        valid: list[int] = []
+        for i, item in enumerate(items):
+            try:
+                self._check_enroll(item, f"items[{i}].")
+            except TunggalError as exc:
+                results[i].code = code_number(exc.code)
+                results[i].message = exc.message
+            else:
+                valid.append(i)
+        timeout = self._budget(context)
+        groups = self.shard_map.group([items[i].subject_id for i in valid])
+
+        async def send(node: Node, positions: list[int]) -> None:
+            indices = [valid[p] for p in positions]
+            sub = pb.EnrollBatchRequest(items=[items[i] for i in indices])
+            try:
+                answer = await self._unary(node, self.pool[node].stub.EnrollBatch, sub, timeout)
+            except ShardError as exc:
+                self._log_failure("EnrollBatch", exc)
+                for i in indices:
+                    results[i].code = code_number(exc.code)
+                    results[i].message = exc.message
+                return
+            if len(answer.results) != len(indices):
+                message = (
+                    f"shard {node} returned {len(answer.results)} results for {len(indices)} items"
+                )
+                _log.error("shard_batch_mismatch", shard=node.name, error=message)
+                for i in indices:
+                    results[i].code = code_number(grpc.StatusCode.INTERNAL)
+                    results[i].message = message
+                return
+            for j, (i, result) in enumerate(zip(indices, answer.results, strict=True)):
+                results[i].CopyFrom(result)
+                if result.code == 0:
+                    results[i].response.shard = node.name
+                elif result.message.startswith(f"items[{j}]."):
+                    # The node numbers items within its sub-batch; use the caller's.
+                    results[i].message = f"items[{i}]." + result.message[len(f"items[{j}].") :]
+
+        await asyncio.gather(*(send(node, pos) for node, pos in groups.items()))
+        return pb.EnrollBatchResponse(results=results)
+
+    @async_errors
+    async def Delete(self, request: pb.DeleteRequest, context: Context) -> pb.DeleteResponse:
+        check_subject_id(request.subject_id)
+        _, response = await self._owner_call(
+            request.subject_id, lambda stub: stub.Delete, request, context
+        )
+        return response
+
+    @async_errors
+    async def Verify(self, request: pb.VerifyRequest, context: Context) -> pb.VerifyResponse:
+        check_subject_id(request.subject_id)
+        decode_probe(request.probe, self.settings.dim)
+        if request.HasField("threshold"):
+            _check_threshold(request.threshold)
+        _, response = await self._owner_call(
+            request.subject_id, lambda stub: stub.Verify, request, context
+        )
+        return response
+
+    @async_errors
+    async def GetSubject(self, request: pb.GetSubjectRequest, context: Context) -> pb.Subject:
+        check_subject_id(request.subject_id)
+        node, response = await self._owner_call(
+            request.subject_id, lambda stub: stub.GetSubject, request, context
+        )
+        response.shard = node.name
+        return response
+
+    @async_errors
+    async def Identify(self, request: pb.IdentifyRequest, context: Context) -> pb.IdentifyResponse:
+        decode_probe(request.probe, self.settings.dim)
+        k = check_k(request.k, self.settings.max_k)
+        min_score = (
+            check_score(request.min_score, "min_score") if request.HasField("min_score") else -1.0
+        )
+        timeout = self._budget(context)
+        search = pb.NodeSearchRequest(
+            probe=request.probe.template, k=k, min_score=min_score, exact=request.exact
+        )
+
+        async def ask(node: Node) -> pb.NodeSearchResponse | ShardError:
+            try:
+                return await self._unary(node, self.pool[node].stub.Search, search, timeout)
+            except ShardError as exc:
+                self._log_failure("Search", exc)
+                return exc
+
+        nodes = self.shard_map.nodes
+        started = time.perf_counter()
+        outcomes = await asyncio.gather(*(ask(node) for node in nodes))
+        answers: list[tuple[str, Sequence[pb.Candidate]]] = []
+        failures: list[ShardError] = []
+        for node, outcome in zip(nodes, outcomes, strict=True):
+            if isinstance(outcome, ShardError):
+                failures.append(outcome)
+            else:
+                answers.append((node.name, outcome.candidates))
+        if failures:
+            detail = "; ".join(f.message for f in failures)
+            failed = ", ".join(f.node.name for f in failures)
+            if not answers:
+                codes = {f.code for f in failures}
+                if codes == {grpc.StatusCode.DEADLINE_EXCEEDED}:
+                    raise DeadlineExceeded(f"no shard answered within {timeout:.3f} s: {detail}")
+                if codes == {grpc.StatusCode.INVALID_ARGUMENT}:
+                    raise failures[0]
+                raise Unavailable(f"no shard answered ({failed}): {detail}")
+            if request.require_all_shards:
+                raise Unavailable(
+                    f"{len(failures)} of {len(nodes)} shards failed ({failed}) and "
+                    f"require_all_shards is set: {detail}"
+                )
+        candidates = merge_candidates(answers, k, min_score)
+        _log.debug(
+            "identify",
+            k=k,
+            exact=request.exact,
+            candidates=len(candidates),
+            shards_answered=len(answers),
+            failed_shards=[f.node.name for f in failures],
+            ms=round((time.perf_counter() - started) * 1000, 2),
+        )
+        return pb.IdentifyResponse(
+            candidates=candidates,
+            shards_answered=len(answers),
+            shards_total=len(nodes),
+            partial=bool(failures),
+            failed_shards=[f.node.name for f in failures],
+        )
+
+    @async_errors
+    async def Stats(self, request: pb.StatsRequest, context: Context) -> pb.StatsResponse:
+        timeout = self._budget(context)
+
+        async def ask(node: Node) -> pb.NodeStats:
+            try:
+                row = await self._unary(node, self.pool[node].stub.Stats, request, timeout)
+            except ShardError as exc:
+                self._log_failure("Stats", exc)
+                return pb.NodeStats(
+                    name=node.name, address=node.address, serving=False, error=exc.message
+                )
+            if row.name and row.name != node.name:
+                row.error = f"node calls itself {row.name!r}, the gateway maps it as {node.name!r}"
+            row.name = node.name
+            row.address = node.address
+            return row
+
+        rows = await asyncio.gather(*(ask(node) for node in self.shard_map.nodes))
+        return pb.StatsResponse(nodes=rows)
+
+
+class GatewayServer:
+    """A started gateway: its gRPC server, health service and node channels."""
+
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        server: grpc.aio.Server,
+        servicer: MatcherGateway,
+        health_servicer: Any,
+        pool: NodePool,
+        host: str,
+        port: int,
+    ) -> None:
+        self.settings = settings
+        self.server = server
+        self.servicer = servicer
+        self.health = health_servicer
+        self.pool = pool
+        self.host = host
+        self.port = port
+        self._stopped = False
+
+    @property
+    def address(self) -> str:
+        """host:port a client dials (127.0.0.1 when bound to every interface)."""
+        host = self.host
+        if host in ("0.0.0.0", "::", "[::]", ""):
+            host = "127.0.0.1"
+        return f"{host}:{self.port}"
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Report NOT_SERVING, drain in-flight calls for `grace` s, close channels."""
+        if self._stopped:
+            return
+        self._stopped = True
+        grace = self.settings.grace_s if grace is None else grace
+        await self.health.enter_graceful_shutdown()
+        _log.info("gateway_draining", grace_s=grace)
+        await self.server.stop(grace)
+        await self.pool.close()
+        _log.info("gateway_stopped")
+
+    async def wait_for_termination(self) -> None:
+        """Wait until the server has stopped."""
+        await self.server.wait_for_termination()
+
+
+def server_options(settings: GatewaySettings) -> list[tuple[str, int]]:
+    """Options of the gateway's own server."""
+    return [
+        *grpc_message_options(settings.max_message_bytes),
+        # Fail loudly if the port is taken instead of sharing it.
+        ("grpc.so_reuseport", 0),
+        # Accept clients' keepalive pings on idle connections.
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+    ]
+
+
+async def serve(
+    settings: GatewaySettings,
+    interceptors: Sequence[grpc.aio.ServerInterceptor[Any, Any]] = (),
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    nodes: Sequence[Node] | None = None,
+) -> GatewayServer:
+    """Start a gateway in the running event loop and return it.
+
+    `host`/`port` override the settings (port 0 picks a free port, see
+    `.port`); `nodes` overrides ``settings.nodes``. `interceptors` run in
+    order before every RPC (tenants, quotas, metrics...).
+    """
+    shard_map = ShardMap(parse_nodes(settings.nodes) if nodes is None else nodes)
+    host = settings.host if host is None else host
+    port = settings.port if port is None else port
+    pool = NodePool(shard_map.nodes, settings)
+    pool.connect()
+    server = grpc.aio.server(interceptors=list(interceptors), options=server_options(settings))
+    servicer = MatcherGateway(settings, shard_map, pool)
+    pb_grpc.add_MatcherServicer_to_server(servicer, server)
+    health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (MATCHER_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    bind_host = f"[{host}]" if ":" in host and not host.startswith("[") else host
+    try:
+        bound = server.add_insecure_port(f"{bind_host}:{port}")
+    except RuntimeError as exc:
+        await pool.close()
+        raise OSError(f"cannot listen on {bind_host}:{port}: {exc}") from exc
+    if bound == 0:
+        await pool.close()
+        raise OSError(f"cannot listen on {bind_host}:{port}")
+    await server.start()
+    for service in ("", MATCHER_SERVICE):
+        await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+    _log.info(
+        "gateway_started",
+        host=host,
+        port=bound,
+        nodes={n.name: n.address for n in shard_map.nodes},
+        dim=settings.dim,
+    )
+    return GatewayServer(settings, server, servicer, health_servicer, pool, host, bound)
+
+
+async def run(settings: GatewaySettings) -> None:
+    """Serve until SIGTERM/SIGINT, then drain and stop."""
+    gateway = await serve(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        waiter = asyncio.ensure_future(gateway.wait_for_termination())
+        stopper = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        if stop.is_set():
+            _log.info("gateway_signal")
+    finally:
+        await gateway.stop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(sig)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Command-line flags; each overrides its TUNGGAL_* environment setting."""
+    parser = argparse.ArgumentParser(
+        prog="tunggal-gateway",
+        description="Tunggal gateway: serves tunggal.v1.Matcher over the matcher nodes.",
+    )
+    parser.add_argument("--host", help="interface to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port to listen on (default 50051)")
+    parser.add_argument(
+        "--nodes", help="matcher nodes, comma-separated name=host:port (node-0=127.0.0.1:50052)"
+    )
+    parser.add_argument(
+        "--log-level", choices=("debug", "info", "warning", "error"), help="log level"
+    )
+    parser.add_argument("--dim", type=int, help="template dimension (default 128)")
+    parser.add_argument("--grace", type=float, help="drain seconds on SIGTERM (default 10)")
+    return parser
+
+
+def settings_from_args(argv: Sequence[str] | None = None) -> GatewaySettings:
+    """GatewaySettings from the environment, overridden by the flags in `argv`."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    overrides = {
+        key: value
+        for key, value in (
+            ("host", args.host),
+            ("port", args.port),
+            ("nodes", args.nodes),
+            ("log_level", args.log_level),
+            ("dim", args.dim),
+            ("grace_s", args.grace),
+        )
+        if value is not None
+    }
+    try:
+        settings = GatewaySettings(**overrides)
+        parse_nodes(settings.nodes)
+    except (ValidationError, ValueError) as exc:
+        parser.error(str(exc))
+    return settings
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console entry point (``tunggal-gateway``)."""
+    settings = settings_from_args(argv)
+    configure_logging(settings.log_level, service="gateway")
+    asyncio.run(run(settings))
+
+
+if __name__ == "__main__":
+    main()
