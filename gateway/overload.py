@@ -1,0 +1,270 @@
+"""Overload protection: an adaptive concurrency limit with a priority queue.
+
+Independent of tenant quotas, `AdaptiveLimiter` bounds the calls the gateway
+works on at once. The limit adapts by AIMD on latency: a call whose service
+time is well above its method's baseline (or that ran out of deadline) cuts
+the limit by `overload_backoff`; a fast call made while the limit was in use
+raises it by 1/limit (about +1 per limit calls). Calls over the limit wait in
+a bounded queue, critical before normal before batch (FIFO within a class).
+
+Shedding is deadline-aware and ordered by priority:
+
+* a call whose deadline has passed, or whose estimated wait is not shorter
+  than its remaining deadline, is shed at once and never queued;
+* batch may queue only while the queue is under `overload_batch_queue_share`
+  of its size, normal under `overload_normal_queue_share`, critical up to full;
+* a full queue makes room for a higher-priority call by evicting the newest
+  waiter of the lowest class below it;
+* a waiter still queued just before its deadline (`overload_deadline_margin_s`)
+  or after `overload_max_queue_wait_s` is shed, so the caller hears why in time.
+
+Every `Shed` carries a pushback in ms: the estimated time until a slot frees.
+Use from one event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Final
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from gateway.tenants import Priority
+
+Clock = Callable[[], float]
+
+_CLASSES: Final = 3  # Priority ranks 0..2
+_MAX_PUSHBACK_MS: Final = 30_000
+
+
+class OverloadSettings(BaseSettings):
+    """Overload protection knobs (env prefix ``TUNGGAL_GATEWAY_``)."""
+
+    model_config = SettingsConfigDict(env_prefix="TUNGGAL_GATEWAY_", extra="ignore")
+
+    overload_initial_limit: int = Field(64, ge=1, description="Concurrent calls at start.")
+    overload_min_limit: int = Field(4, ge=1, description="The limit never goes below this.")
+    overload_max_limit: int = Field(1024, ge=1, description="The limit never goes above this.")
+    overload_max_queue: int = Field(256, ge=0, description="Calls waiting for a slot, at most.")
+    overload_max_queue_wait_s: float = Field(
+        2.0, gt=0, description="Longest a call waits for a slot (its deadline may cut it)."
+    )
+    overload_batch_queue_share: float = Field(
+        0.5, gt=0, le=1, description="Batch calls queue only while the queue is under this share."
+    )
+    overload_normal_queue_share: float = Field(
+        0.9, gt=0, le=1, description="Normal calls queue only while the queue is under this."
+    )
+    overload_latency_tolerance: float = Field(
+        2.0, gt=1, description="Service time over baseline * this counts as overload."
+    )
+    overload_latency_slack_s: float = Field(
+        0.005, ge=0, description="...and only when it is also this much over the baseline."
+    )
+    overload_backoff: float = Field(
+        0.9, gt=0, lt=1, description="Multiplicative decrease of the limit on overload."
+    )
+    overload_initial_service_s: float = Field(
+        0.05, gt=0, description="Service time assumed before any call has finished."
+    )
+    overload_deadline_margin_s: float = Field(
+        0.01, ge=0, description="A queued call gives up this long before its deadline."
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> OverloadSettings:
+        if not self.overload_min_limit <= self.overload_initial_limit <= self.overload_max_limit:
+            raise ValueError("need overload_min_limit <= initial_limit <= max_limit")
+        return self
+
+
+@dataclass(frozen=True, slots=True)
+class Shed:
+    """The call was not admitted: why ("deadline", "queue_full", "evicted",
+    "queue_timeout"), a message for the caller, and when to retry."""
+
+    reason: str
+    message: str
+    retry_after_ms: int
+
+
+@dataclass(eq=False, slots=True)
+class Slot:
+    """Permission to run one call; `release` it when the call ends."""
+
+    _limiter: AdaptiveLimiter | None
+    method: str
+    started: float
+    in_flight_at_start: int
+
+    def release(self, *, dropped: bool = False) -> None:
+        """End the call; `dropped` means it ran out of deadline (an overload signal)."""
+        limiter, self._limiter = self._limiter, None
+        if limiter is not None:
+            limiter._release(self, dropped)
+
+
+@dataclass(eq=False, slots=True)
+class _Waiter:
+    rank: int
+    method: str
+    future: asyncio.Future[Slot | Shed] = field(repr=False)
+
+
+class AdaptiveLimiter:
+    """Admits calls up to an adaptive concurrency limit; queues or sheds the rest."""
+
+    def __init__(self, settings: OverloadSettings | None = None, *, clock: Clock = time.monotonic):
+        self._s = settings or OverloadSettings()
+        self._clock = clock
+        self._limit = float(self._s.overload_initial_limit)
+        self._in_flight = 0
+        self._queues: list[deque[_Waiter]] = [deque() for _ in range(_CLASSES)]
+        self._service_s = self._s.overload_initial_service_s
+        self._baseline: dict[str, float] = {}
+        self._last_decrease = -math.inf
+        self.shed_count = 0
+
+    @property
+    def limit(self) -> int:
+        """Calls admitted at once now."""
+        return max(1, int(self._limit))
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    @property
+    def queued(self) -> int:
+        return sum(len(q) for q in self._queues)
+
+    def _wait_estimate_s(self, ahead: int) -> float:
+        """Time until `ahead` + 1 slots free: one frees every service/limit seconds."""
+        return (ahead + 1) * self._service_s / self.limit
+
+    def _shed(self, reason: str, message: str, ahead: int) -> Shed:
+        self.shed_count += 1
+        pushback = min(_MAX_PUSHBACK_MS, max(1, math.ceil(1000 * self._wait_estimate_s(ahead))))
+        return Shed(reason, f"{message}, retry in {pushback} ms", pushback)
+
+    def _grant(self, method: str) -> Slot:
+        self._in_flight += 1
+        return Slot(self, method, self._clock(), self._in_flight)
+
+    async def acquire(
+        self, priority: Priority, time_remaining: float | None, method: str = ""
+    ) -> Slot | Shed:
+        """A slot for one call of `method`, or why it is shed.
+
+        `time_remaining` is the call's remaining deadline in seconds (None: no
+        deadline). Waits in the queue only when the wait can end before it.
+        """
+        rank = priority.rank
+        if time_remaining is not None and time_remaining <= 0:
+            return self._shed("deadline", f"deadline of {method} already passed", 0)
+        ahead = sum(len(q) for q in self._queues[: rank + 1])
+        if ahead == 0 and self._in_flight < self.limit:
+            return self._grant(method)
+        wait_s = self._wait_estimate_s(ahead)
+        timeout = self._s.overload_max_queue_wait_s
+        if time_remaining is not None:
+            usable_s = time_remaining - self._s.overload_deadline_margin_s
+            if wait_s >= usable_s:
+                return self._shed(
+                    "deadline",
+                    f"gateway busy: {method} cannot start within its deadline "
+                    f"({time_remaining * 1000:.0f} ms left, about {wait_s * 1000:.0f} ms wait)",
+                    ahead,
+                )
+            timeout = min(timeout, usable_s)
+        if not self._make_room(rank):
+            return self._shed(
+                "queue_full", f"gateway overloaded: {method} ({priority} priority) shed", ahead
+            )
+        waiter = _Waiter(rank, method, asyncio.get_running_loop().create_future())
+        self._queues[rank].append(waiter)
+        try:
+            await asyncio.wait((waiter.future,), timeout=timeout)
+        except asyncio.CancelledError:
+            self._abandon(waiter)
+            raise
+        if waiter.future.done():
+            return waiter.future.result()
+        self._abandon(waiter)
+        return self._shed(
+            "queue_timeout", f"gateway busy: {method} waited {timeout * 1000:.0f} ms", ahead
+        )
+
+    def _make_room(self, rank: int) -> bool:
+        """Whether a call of `rank` may queue, evicting a lower class if the queue is full."""
+        size = self._s.overload_max_queue
+        share = (1.0, self._s.overload_normal_queue_share, self._s.overload_batch_queue_share)
+        queued = self.queued
+        if queued < math.floor(size * share[rank]):
+            return True
+        for lower in range(_CLASSES - 1, rank, -1):
+            if self._queues[lower]:
+                victim = self._queues[lower].pop()
+                victim.future.set_result(
+                    self._shed(
+                        "evicted",
+                        f"gateway overloaded: {victim.method} evicted by higher priority",
+                        queued,
+                    )
+                )
+                return True  # swapped: the queue does not grow
+        return False
+
+    def _abandon(self, waiter: _Waiter) -> None:
+        """Drop a waiter that stopped waiting; give back a slot granted meanwhile."""
+        with contextlib.suppress(ValueError):
+            self._queues[waiter.rank].remove(waiter)
+        if waiter.future.done() and not waiter.future.cancelled():
+            result = waiter.future.result()
+            if isinstance(result, Slot):
+                result.release()
+        else:
+            waiter.future.cancel()
+
+    def _release(self, slot: Slot, dropped: bool) -> None:
+        now = self._clock()
+        self._in_flight = max(0, self._in_flight - 1)
+        self._adapt(slot, now - slot.started, dropped, now)
+        self._drain()
+
+    def _adapt(self, slot: Slot, service_s: float, dropped: bool, now: float) -> None:
+        """AIMD: cut the limit on a slow or dropped call, grow it on a fast one in a busy period."""
+        s = self._s
+        self._service_s += 0.1 * (service_s - self._service_s)
+        base = self._baseline.get(slot.method)
+        if base is None or service_s < base:
+            base = service_s
+        else:
+            base += 0.01 * (service_s - base)  # drift up slowly to follow lasting change
+        self._baseline[slot.method] = base
+        slow = (
+            service_s > base * s.overload_latency_tolerance
+            and service_s - base > s.overload_latency_slack_s
+        )
+        if dropped or slow:
+            # Only calls started after the last cut can justify another one.
+            if slot.started > self._last_decrease:
+                self._limit = max(float(s.overload_min_limit), self._limit * s.overload_backoff)
+                self._last_decrease = now
+        elif slot.in_flight_at_start * 2 >= self.limit:
+            self._limit = min(float(s.overload_max_limit), self._limit + 1.0 / self._limit)
+
+    def _drain(self) -> None:
+        """Hand free slots to waiters, highest priority and oldest first."""
+        for queue in self._queues:
+            while queue and self._in_flight < self.limit:
+                waiter = queue.popleft()
+                if not waiter.future.done():
+                    waiter.future.set_result(self._grant(waiter.method))
