@@ -8,8 +8,16 @@ concurrently and merges, answering with what it has (partial=true) when some
 nodes fail. A node's status is passed on with its code; a node that cannot be
 reached is UNAVAILABLE naming the shard.
 
-Run: ``tunggal-gateway --nodes node-0=127.0.0.1:50052,node-1=127.0.0.1:50053``
-or ``python -m gateway.server``. In tests: ``server = await serve(settings,
+Run: ``tunggal-gateway --tenants deploy/tenants.demo.toml --nodes
+node-0=127.0.0.1:50052,node-1=127.0.0.1:50053`` or ``python -m
+gateway.server``. The gateway refuses to start without a tenants file
+(``--tenants`` or ``TUNGGAL_GATEWAY_TENANTS_FILE``, docs/tenants.md) unless
+``--no-auth`` / ``TUNGGAL_GATEWAY_AUTH=off`` is given: no keys, tenants or
+quotas, for local experiments only. `run` adds, around the servicer, the
+interceptors of `gateway.interceptors` (audit, metrics, auth, quotas,
+overload), serves /metrics (``--metrics-port``, 0 = off), reloads the
+tenants file on change or SIGHUP, and sends ``TUNGGAL_INTERNAL_SECRET`` to
+the nodes when it is set. In tests: ``server = await serve(settings,
 port=0)``, then ``server.port`` and ``await server.stop()``.
 """
 
@@ -19,8 +27,11 @@ import argparse
 import asyncio
 import contextlib
 import signal
+import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
@@ -30,8 +41,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from pydantic import ValidationError
 
+from gateway.interceptors import build_interceptors
 from gateway.merge import merge_candidates
+from gateway.metrics import GatewayMetrics, MetricsSettings, start_metrics_server
 from gateway.nodes import NodePool
+from gateway.overload import AdaptiveLimiter, OverloadSettings
+from gateway.tenants import TenantRegistry, TenantsFileError, TenantsSettings
 from shard.shardmap import Node, ShardMap, parse_nodes
 from tunggal.errors import (
     DeadlineExceeded,
@@ -39,6 +54,7 @@ from tunggal.errors import (
     TunggalError,
     Unavailable,
 )
+from tunggal.internal_auth import SECRET_ENV, internal_secret
 from tunggal.logs import configure_logging
 from tunggal.rpc import async_errors
 from tunggal.settings import GatewaySettings, grpc_message_options
@@ -48,6 +64,7 @@ from tunggal.templates import (
     check_request_id,
     check_score,
     check_subject_id,
+    check_threshold,
     decode_probe,
     decode_templates,
 )
@@ -119,13 +136,6 @@ def shard_error(node: Node, exc: grpc.aio.AioRpcError) -> ShardError:
         (str(key), str(value)) for key, value in metadata if key in _FORWARDED_TRAILERS
     )
     return ShardError(node, code, message, trailers)
-
-
-def _check_threshold(value: float) -> float:
-    threshold = check_score(value, "threshold")
-    if threshold <= -1.0:
-        raise InvalidArgument(f"threshold is {value}, must be greater than -1 and at most 1")
-    return threshold
 
 
 class MatcherGateway(pb_grpc.MatcherServicer):
@@ -283,7 +293,7 @@ class MatcherGateway(pb_grpc.MatcherServicer):
         check_subject_id(request.subject_id)
         decode_probe(request.probe, self.settings.dim)
         if request.HasField("threshold"):
-            _check_threshold(request.threshold)
+            check_threshold(request.threshold)
         _, response = await self._owner_call(
             request.subject_id, lambda stub: stub.Verify, request, context
         )
@@ -448,17 +458,19 @@ async def serve(
     host: str | None = None,
     port: int | None = None,
     nodes: Sequence[Node] | None = None,
+    internal_secret: str | None = None,
 ) -> GatewayServer:
     """Start a gateway in the running event loop and return it.
 
     `host`/`port` override the settings (port 0 picks a free port, see
     `.port`); `nodes` overrides ``settings.nodes``. `interceptors` run in
-    order before every RPC (tenants, quotas, metrics...).
+    order before every RPC (tenants, quotas, metrics...). `internal_secret`
+    goes with every call to a node (``x-tunggal-internal``).
     """
     shard_map = ShardMap(parse_nodes(settings.nodes) if nodes is None else nodes)
     host = settings.host if host is None else host
     port = settings.port if port is None else port
-    pool = NodePool(shard_map.nodes, settings)
+    pool = NodePool(shard_map.nodes, settings, internal_secret)
     pool.connect()
     server = grpc.aio.server(interceptors=list(interceptors), options=server_options(settings))
     servicer = MatcherGateway(settings, shard_map, pool)
@@ -490,9 +502,68 @@ async def serve(
     return GatewayServer(settings, server, servicer, health_servicer, pool, host, bound)
 
 
-async def run(settings: GatewaySettings) -> None:
-    """Serve until SIGTERM/SIGINT, then drain and stop."""
-    gateway = await serve(settings)
+@dataclass(frozen=True)
+class GatewayConfig:
+    """Everything `run` needs: the gateway's settings and its protections."""
+
+    settings: GatewaySettings
+    tenants: TenantsSettings
+    metrics: MetricsSettings
+    overload: OverloadSettings
+    internal_secret: str | None = None
+
+
+NO_TENANTS_MESSAGE = (
+    "no tenants file: pass --tenants FILE or set TUNGGAL_GATEWAY_TENANTS_FILE "
+    "(format in docs/tenants.md; deploy/tenants.demo.toml has demo tenants). "
+    "Only for a local experiment, --no-auth (TUNGGAL_GATEWAY_AUTH=off) serves "
+    "without keys, tenants or quotas."
+)
+
+
+async def run(config: GatewayConfig) -> None:
+    """Serve with tenants, quotas, overload protection and metrics until SIGTERM/SIGINT."""
+    settings = config.settings
+    registry: TenantRegistry | None = None
+    if config.tenants.auth:
+        if config.tenants.tenants_file is None:
+            raise TenantsFileError(NO_TENANTS_MESSAGE)
+        registry = TenantRegistry.from_file(config.tenants.tenants_file)
+    else:
+        _log.warning(
+            "gateway_auth_disabled",
+            detail="no API keys, tenants or quotas: every caller may call everything; "
+            "for local experiments only",
+            ignored_tenants_file=(
+                str(config.tenants.tenants_file) if config.tenants.tenants_file else None
+            ),
+        )
+    if config.internal_secret is None:
+        _log.warning(
+            "internal_auth_off",
+            detail=f"{SECRET_ENV} is not set: calls to the nodes carry no internal secret",
+        )
+    limiter = AdaptiveLimiter(config.overload)
+    metrics = GatewayMetrics()
+    interceptors = build_interceptors(registry, limiter, metrics=metrics)
+    metrics_server = None
+    if config.metrics.metrics_port:
+        metrics_server, _ = start_metrics_server(
+            config.metrics.metrics_port, config.metrics.metrics_host
+        )
+        _log.info(
+            "metrics_serving",
+            url=f"http://{config.metrics.metrics_host}:{config.metrics.metrics_port}/metrics",
+        )
+    try:
+        gateway = await serve(settings, interceptors, internal_secret=config.internal_secret)
+    except BaseException:
+        if metrics_server is not None:
+            metrics_server.shutdown()
+            metrics_server.server_close()
+        raise
+    if registry is not None:
+        registry.start(config.tenants.tenants_poll_s)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -506,6 +577,11 @@ async def run(settings: GatewaySettings) -> None:
             _log.info("gateway_signal")
     finally:
         await gateway.stop()
+        if registry is not None:
+            await registry.stop()
+        if metrics_server is not None:
+            metrics_server.shutdown()
+            metrics_server.server_close()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(sig)
@@ -527,38 +603,87 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--dim", type=int, help="template dimension (default 128)")
     parser.add_argument("--grace", type=float, help="drain seconds on SIGTERM (default 10)")
+    parser.add_argument(
+        "--tenants",
+        type=Path,
+        help="tenants TOML file (TUNGGAL_GATEWAY_TENANTS_FILE); required unless --no-auth",
+    )
+    parser.add_argument(
+        "--no-auth",
+        action="store_true",
+        default=None,
+        help="serve without API keys, tenants or quotas (TUNGGAL_GATEWAY_AUTH=off): "
+        "for local experiments only",
+    )
+    parser.add_argument(
+        "--metrics-port", type=int, help="port of /metrics (default 9464; 0 turns it off)"
+    )
+    parser.add_argument("--metrics-host", help="interface of /metrics (default 127.0.0.1)")
     return parser
+
+
+def _overrides(pairs: Sequence[tuple[str, object]]) -> dict[str, Any]:
+    return {key: value for key, value in pairs if value is not None}
+
+
+def config_from_args(argv: Sequence[str] | None = None) -> GatewayConfig:
+    """GatewayConfig from the environment, overridden by the flags in `argv`.
+
+    Exits with a usage error when authentication is on and no tenants file
+    is given.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = GatewaySettings(
+            **_overrides(
+                (
+                    ("host", args.host),
+                    ("port", args.port),
+                    ("nodes", args.nodes),
+                    ("log_level", args.log_level),
+                    ("dim", args.dim),
+                    ("grace_s", args.grace),
+                )
+            )
+        )
+        parse_nodes(settings.nodes)
+        tenants = TenantsSettings(
+            **_overrides(
+                (
+                    ("tenants_file", args.tenants),
+                    ("auth", False if args.no_auth else None),
+                )
+            )
+        )
+        metrics = MetricsSettings(
+            **_overrides(
+                (("metrics_port", args.metrics_port), ("metrics_host", args.metrics_host))
+            )
+        )
+        overload = OverloadSettings()
+    except (ValidationError, ValueError) as exc:
+        parser.error(str(exc))
+    if tenants.auth and tenants.tenants_file is None:
+        parser.error(NO_TENANTS_MESSAGE)
+    return GatewayConfig(settings, tenants, metrics, overload, internal_secret())
 
 
 def settings_from_args(argv: Sequence[str] | None = None) -> GatewaySettings:
     """GatewaySettings from the environment, overridden by the flags in `argv`."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    overrides = {
-        key: value
-        for key, value in (
-            ("host", args.host),
-            ("port", args.port),
-            ("nodes", args.nodes),
-            ("log_level", args.log_level),
-            ("dim", args.dim),
-            ("grace_s", args.grace),
-        )
-        if value is not None
-    }
-    try:
-        settings = GatewaySettings(**overrides)
-        parse_nodes(settings.nodes)
-    except (ValidationError, ValueError) as exc:
-        parser.error(str(exc))
-    return settings
+    return config_from_args(argv).settings
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Console entry point (``tunggal-gateway``)."""
-    settings = settings_from_args(argv)
-    configure_logging(settings.log_level, service="gateway")
-    asyncio.run(run(settings))
+    config = config_from_args(argv)
+    configure_logging(config.settings.log_level, service="gateway")
+    try:
+        asyncio.run(run(config))
+    except (TenantsFileError, OSError) as exc:
+        _log.error("gateway_start_failed", error=str(exc))
+        print(f"tunggal-gateway: error: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

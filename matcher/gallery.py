@@ -16,7 +16,9 @@ reused (hnswlib un-deletes and overwrites a re-added deleted label in place).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
+import json
 import threading
 import time
 from collections import deque
@@ -29,6 +31,7 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 
+from matcher.calibration import DEFAULT_GRID, Calibration, choose_ef, make_probes
 from matcher.exact import ExactMatrix
 from matcher.rwlock import RWLock
 from matcher.snapshot import read_manifest, remove_leftovers, snapshots, write_snapshot
@@ -41,6 +44,8 @@ Labels = npt.NDArray[np.int64]
 
 _log = structlog.get_logger("matcher.gallery")
 _BUILD_CHUNK = 20_000
+_INDEX_EF_FLOOR = 10  # the beam is set per query through k (see _candidates)
+_CALIBRATION_CHUNK = 100
 
 
 @dataclass(frozen=True)
@@ -96,9 +101,13 @@ class Gallery:
         self._snapshot_seq = 0
         self._changes_since_snapshot = 0
         self._last_snapshot_time = time.monotonic()
+        self._ef = settings.ef_search
+        self._calibration: Calibration | None = None
+        self._escalations = 0
         self._index: hnswlib.Index
         self._matrix: ExactMatrix
         self._load()
+        self._restore_calibration()
 
     # ---- start-up ----------------------------------------------------------
 
@@ -152,7 +161,7 @@ class Gallery:
             if any(not in_index[c[0]].all() for c in chunks):
                 _log.warning("snapshot_inconsistent_rebuilding")
                 index = self._rebuild(chunks, capacity)
-        index.set_ef(self.settings.ef_search)
+        index.set_ef(_INDEX_EF_FLOOR)
         self._index = index
         self._next_label = high
         live = np.zeros(capacity, dtype=bool)
@@ -312,7 +321,22 @@ class Gallery:
     # ---- reads -------------------------------------------------------------
 
     def search(self, probe: FloatMatrix, k: int, min_score: float, exact: bool) -> list[Match]:
-        """Top-k subjects for one normalised probe, best first."""
+        """Top-k subjects for one normalised probe, best first.
+
+        An HNSW search whose best score lands in the ambiguity band just
+        below the verify threshold is re-checked by exact search: that is
+        where a missed mate would hide.
+        """
+        matches = self._search(probe, k, min_score, exact)
+        if not exact and self.settings.escalate_band > 0:
+            threshold = self.settings.verify_threshold
+            best = matches[0].score if matches else -1.0
+            if threshold - self.settings.escalate_band <= best < threshold:
+                self._escalations += 1
+                return self._search(probe, k, min_score, True)
+        return matches
+
+    def _search(self, probe: FloatMatrix, k: int, min_score: float, exact: bool) -> list[Match]:
         with self._rw.shared():
             alive = self._alive
             if alive <= 0:
@@ -332,19 +356,26 @@ class Gallery:
             labels, scores = self._matrix.search(probe[None, :], fetch)
             keep = labels[0] >= 0
             return labels[0][keep], scores[0][keep]
+        # hnswlib searches with a beam of max(index ef, k): asking for
+        # k = ef candidates sets the beam per query, so calibration can try
+        # other widths without touching live searches.
+        found = self._knn(probe[None, :], min(self._alive, max(fetch, self._ef)), 1)[0]
+        scores = self._matrix.rows(found) @ probe  # exact re-scoring
+        order = np.argsort(-scores, kind="stable")[:fetch]
+        return found[order], scores[order]
+
+    def _knn(self, probes: FloatMatrix, k: int, threads: int) -> Labels:
+        """HNSW labels (n, k') for `probes`, k' <= k when too few are reachable."""
         while True:
             try:
-                found, _ = self._index.knn_query(probe, k=fetch, num_threads=1)
-                break
+                found, _ = self._index.knn_query(probes, k=k, num_threads=threads)
+                labels: Labels = np.asarray(found, dtype=np.int64)
+                return labels
             except RuntimeError:
                 # Fewer reachable live elements than asked (many deletions).
-                if fetch <= 1:
-                    return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-                fetch //= 2
-        labels = found[0].astype(np.int64)
-        scores = self._matrix.rows(labels) @ probe  # exact re-scoring
-        order = np.argsort(-scores, kind="stable")
-        return labels[order], scores[order]
+                if k <= 1:
+                    return np.zeros((len(probes), 0), dtype=np.int64)
+                k //= 2
 
     def _aggregate(self, labels: Labels, scores: FloatMatrix, min_score: float) -> list[Match]:
         best: dict[str, float] = {}
@@ -377,24 +408,118 @@ class Gallery:
 
     # ---- maintenance -------------------------------------------------------
 
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> dict[str, int | float | bool]:
         """Counts and positions for Stats and metrics."""
         subjects, templates = self._store.counts()
+        cal = self._calibration
         return {
             "subjects": subjects,
             "templates": templates,
             "capacity": self._matrix.capacity,
-            "ef_search": self.settings.ef_search,
+            "ef_search": self._ef,
             "last_seq": self._store.last_seq(),
             "snapshot_seq": self._snapshot_seq,
             "index_bytes": int(self._index.index_file_size()),
             "matrix_bytes": self._matrix.nbytes,
+            "escalations": self._escalations,
+            "calibration_hit_rate": cal.hit_rate if cal else 0.0,
+            "calibration_probes": cal.probes if cal else 0,
+            "calibrated_templates": cal.templates if cal else 0,
+            "calibration_met": cal.met if cal else False,
         }
 
     @property
     def live_templates(self) -> int:
         """Live templates, without touching the store (for every Search)."""
         return self._alive
+
+    # ---- calibration -------------------------------------------------------
+
+    def calibration_due(self) -> bool:
+        """Whether the gallery is big enough and changed enough to re-calibrate."""
+        if not self.settings.calibrate or self._alive < self.settings.calibration_min_templates:
+            return False
+        last = self._calibration
+        if last is None:
+            return True
+        growth = self.settings.calibration_growth
+        return self._alive >= last.templates * growth or self._alive * growth <= last.templates
+
+    def calibrate(self, seed: int | None = None) -> Calibration:
+        """Measure HNSW against exact search on probes from the gallery; adopt the ef.
+
+        Live searches go on meanwhile (with the previous ef).
+        """
+        started = time.monotonic()
+        rng = np.random.default_rng(seed)
+        with self._rw.shared():
+            live = np.nonzero(self._matrix.is_alive(np.arange(self._matrix.capacity)))[0]
+            pick = rng.choice(
+                live, size=min(self.settings.calibration_probes, len(live)), replace=False
+            )
+            sources = [self._owners[int(lb)] or "" for lb in pick]
+            probes = make_probes(self._matrix.rows(pick), self.settings.calibration_genuine, rng)
+            exact_labels, _ = self._matrix.search(probes, 1)
+            exact_top = [
+                self._owners[int(lb)] or "" if lb >= 0 else "" for lb in exact_labels[:, 0]
+            ]
+            templates = self._alive
+
+        def hnsw_top(ef: int) -> list[str]:
+            top: list[str] = []
+            with self._rw.shared():
+                k = min(self._alive, ef)
+                for lo in range(0, len(probes), _CALIBRATION_CHUNK):
+                    chunk = probes[lo : lo + _CALIBRATION_CHUNK]
+                    found = self._knn(chunk, k, self.settings.index_threads)
+                    rows = self._matrix.rows(found.reshape(-1)).reshape(*found.shape, self.dim)
+                    scores = np.einsum("nkd,nd->nk", rows, chunk)
+                    best = found[np.arange(len(found)), scores.argmax(axis=1)]
+                    top.extend(self._owners[int(lb)] or "" for lb in best)
+            return top
+
+        result = choose_ef(
+            sources, exact_top, hnsw_top, DEFAULT_GRID, self.settings.calibration_target, templates
+        )
+        self._adopt(result)
+        self._store.set_meta("calibration", json.dumps(dataclasses.asdict(result)))
+        log = _log.info if result.met else _log.warning
+        log(
+            "calibrated",
+            ef=result.ef,
+            hit_rate=round(result.hit_rate, 5),
+            exact_hits=result.exact_hits,
+            hnsw_hits=result.hnsw_hits,
+            probes=result.probes,
+            templates=templates,
+            met=result.met,
+            seconds=round(time.monotonic() - started, 2),
+        )
+        return result
+
+    def _adopt(self, result: Calibration) -> None:
+        self._ef = result.ef
+        self._calibration = result
+
+    def _restore_calibration(self) -> None:
+        """Keep the last calibration across restarts (same ef, same answers)."""
+        raw = self._store.get_meta("calibration")
+        if raw and self.settings.calibrate:
+            data = json.loads(raw)
+            data["table"] = {int(k): v for k, v in data.get("table", {}).items()}
+            self._adopt(Calibration(**data))
+
+    @property
+    def ef(self) -> int:
+        """The HNSW beam width searches use now."""
+        return self._ef
+
+    def maintain(self) -> None:
+        """Periodic work: snapshot and re-calibrate when due."""
+        if self.snapshot_due():
+            self.snapshot()
+        if self.calibration_due():
+            self.calibrate()
 
     def snapshot_due(self) -> bool:
         """Whether enough changed, or enough time passed with changes, to snapshot."""

@@ -24,6 +24,7 @@ from grpc_reflection.v1alpha import reflection
 
 from matcher.gallery import Gallery
 from matcher.service import MatcherNodeService
+from tunggal.internal_auth import SECRET_ENV, InternalAuthServerInterceptor, internal_secret
 from tunggal.logs import configure_logging
 from tunggal.settings import NodeSettings, grpc_message_options, server_keepalive_options
 from tunggal.v1 import tunggal_pb2 as pb
@@ -34,7 +35,7 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["MatcherNode"].full_name
 
 
 class NodeServer:
-    """A running matcher node: gRPC server, health, gallery, snapshotter."""
+    """A running matcher node: gRPC server, health, gallery, maintenance thread."""
 
     def __init__(
         self, settings: NodeSettings, interceptors: Sequence[grpc.ServerInterceptor[Any, Any]] = ()
@@ -59,7 +60,7 @@ class NodeServer:
         self.port = self.server.add_insecure_port(f"{settings.host}:{settings.port}")
         self.gallery: Gallery | None = None
         self._stopped = threading.Event()
-        self._snapshotter = threading.Thread(target=self._snapshot_loop, daemon=True)
+        self._maintenance = threading.Thread(target=self._maintenance_loop, daemon=True)
 
     def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType) -> None:
         self.health.set("", status)
@@ -73,17 +74,17 @@ class NodeServer:
         self.gallery = Gallery(self.settings)
         self.service.attach(self.gallery)
         self._set_health(health_pb2.HealthCheckResponse.SERVING)
-        self._snapshotter.start()
+        self._maintenance.start()
         _log.info("node_serving", name=self.settings.name, port=self.port)
 
-    def _snapshot_loop(self) -> None:
+    def _maintenance_loop(self) -> None:
         while not self._stopped.wait(1.0):
             gallery = self.gallery
-            if gallery is not None and gallery.snapshot_due():
+            if gallery is not None:
                 try:
-                    gallery.snapshot()
+                    gallery.maintain()
                 except Exception:
-                    _log.exception("snapshot_failed")
+                    _log.exception("maintenance_failed")
 
     def stop(self, grace: float | None = None) -> None:
         """NOT_SERVING, refuse new work, drain, snapshot, close."""
@@ -93,8 +94,8 @@ class NodeServer:
         self.service.drain()
         self.server.stop(self.settings.grace_s if grace is None else grace).wait()
         self._stopped.set()
-        if self._snapshotter.is_alive():
-            self._snapshotter.join()
+        if self._maintenance.is_alive():
+            self._maintenance.join()
         if self.gallery is not None:
             self.gallery.close(snapshot=True)
         _log.info("node_stopped", name=self.settings.name)
@@ -123,7 +124,10 @@ def main(argv: list[str] | None = None) -> None:
     """Run one matcher node until SIGTERM/SIGINT."""
     settings = parse_args(argv)
     configure_logging(settings.log_level, service=f"node:{settings.name}")
-    node = NodeServer(settings)
+    secret = internal_secret()
+    if secret is None:
+        _log.warning("internal_auth_off", detail=f"{SECRET_ENV} is not set: any caller is served")
+    node = NodeServer(settings, [InternalAuthServerInterceptor(secret)] if secret else [])
     stop_requested = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

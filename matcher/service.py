@@ -135,7 +135,7 @@ class MatcherNodeService(pb_grpc.MatcherNodeServicer):
         tpl.check_subject_id(request.subject_id)
         probe = tpl.decode_probe(request.probe, self.settings.dim)
         threshold = (
-            tpl.check_score(request.threshold, "threshold")
+            tpl.check_threshold(request.threshold)
             if request.HasField("threshold")
             else self.settings.verify_threshold
         )
@@ -163,7 +163,7 @@ class MatcherNodeService(pb_grpc.MatcherNodeServicer):
                 for m in matches
             ],
             templates=gallery.live_templates,
-            ef=0 if request.exact else self.settings.ef_search,
+            ef=0 if request.exact else gallery.ef,
         )
 
     @sync_errors
@@ -192,15 +192,8 @@ class MatcherNodeService(pb_grpc.MatcherNodeServicer):
             rss_bytes=rss_bytes(),
         )
         if gallery is not None:
-            s = gallery.stats()
-            base.subjects = s["subjects"]
-            base.templates = s["templates"]
-            base.capacity = s["capacity"]
-            base.ef_search = s["ef_search"]
-            base.last_seq = s["last_seq"]
-            base.snapshot_seq = s["snapshot_seq"]
-            base.index_bytes = s["index_bytes"]
-            base.matrix_bytes = s["matrix_bytes"]
+            for key, value in gallery.stats().items():
+                setattr(base, key, value)
         return base
 
     @sync_errors

@@ -142,6 +142,14 @@ class Store:
         row = self._reader().execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return str(row[0]) if row else ""
 
+    def set_meta(self, key: str, value: str) -> None:
+        """Durably store a value in the meta table."""
+        self._write.execute(
+            "INSERT INTO meta(key, value) VALUES (?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
     def labels_of(self, subject_id: str) -> Labels:
         """Labels of a subject's templates (empty when unknown)."""
         rows = (

@@ -4,7 +4,7 @@ Templates go in as numpy arrays and results come back as small frozen
 dataclasses. Failed calls raise `grpc.RpcError` (use ``.code()`` and
 ``.details()``), with the status codes documented in tunggal.proto.
 
-    with TunggalClient("127.0.0.1:50051") as client:
+    with TunggalClient("127.0.0.1:50051", metadata=bearer(api_key)) as client:
         client.enroll("3171012345670001", templates, mode="replace")
         result = client.identify(probe, k=5)
 """
@@ -113,6 +113,18 @@ class NodeInfo:
     error: str
     index_bytes: int = 0
     matrix_bytes: int = 0
+    calibration_hit_rate: float = 0.0
+    calibration_probes: int = 0
+    calibrated_templates: int = 0
+    calibration_met: bool = False
+    escalations: int = 0
+
+
+def bearer(api_key: str) -> list[tuple[str, str]]:
+    """Call metadata naming the tenant: ``authorization: Bearer <api_key>``."""
+    if not api_key or api_key != api_key.strip() or any(c in api_key for c in "\r\n"):
+        raise ValueError("API key is empty or has surrounding whitespace or line breaks")
+    return [("authorization", f"Bearer {api_key}")]
 
 
 def _as_matrix(templates: npt.ArrayLike, what: str) -> npt.NDArray[np.float32]:
@@ -153,7 +165,8 @@ class TunggalClient:
     """Synchronous client of a Tunggal gateway at `address` (host:port).
 
     `timeout` (seconds, None for none) is the default deadline of every call;
-    `metadata` is sent with every call (e.g. ``[("x-api-key", "...")]``).
+    `metadata` is sent with every call: ``bearer(api_key)`` names the tenant
+    (the gateway answers calls without a key with UNAUTHENTICATED).
     """
 
     def __init__(
@@ -350,6 +363,11 @@ class TunggalClient:
                 error=n.error,
                 index_bytes=n.index_bytes,
                 matrix_bytes=n.matrix_bytes,
+                calibration_hit_rate=n.calibration_hit_rate,
+                calibration_probes=n.calibration_probes,
+                calibrated_templates=n.calibrated_templates,
+                calibration_met=n.calibration_met,
+                escalations=n.escalations,
             )
             for n in response.nodes
         ]

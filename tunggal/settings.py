@@ -67,7 +67,30 @@ class NodeSettings(MatchingSettings):
     data_dir: Path = Field(Path("data/node-0"), description="Where the node keeps its files.")
     hnsw_m: int = Field(16, ge=4, le=128, description="HNSW graph degree M.")
     ef_construction: int = Field(200, ge=8, description="HNSW build beam width.")
-    ef_search: int = Field(128, ge=8, description="HNSW search beam width.")
+    ef_search: int = Field(
+        128, ge=8, description="HNSW search beam width until calibration picks one."
+    )
+    calibrate: bool = Field(True, description="Pick ef by measuring HNSW against exact search.")
+    calibration_target: float = Field(
+        0.999, gt=0, le=1, description="Required HNSW rank-1 mate hits relative to exact's."
+    )
+    calibration_probes: int = Field(1000, ge=50, description="Probes per calibration run.")
+    calibration_genuine: float = Field(
+        0.68, gt=0, lt=1, description="Mean genuine cosine the calibration probes imitate."
+    )
+    calibration_growth: float = Field(
+        1.5, gt=1, description="Re-calibrate when the gallery grew (or shrank) by this factor."
+    )
+    calibration_min_templates: int = Field(
+        1000, ge=1, description="Smallest gallery worth calibrating."
+    )
+    escalate_band: float = Field(
+        0.05,
+        ge=0,
+        lt=2,
+        description="Identify re-checks exactly when HNSW's best score is within this much "
+        "below verify_threshold (0 = never).",
+    )
     initial_capacity: int = Field(100_000, ge=16, description="Slots before the first growth.")
     fetch_factor: int = Field(
         3, ge=1, description="Templates fetched per wanted subject before the per-subject merge."

@@ -112,6 +112,14 @@ def check_score(value: float, field: str) -> float:
     return float(value)
 
 
+def check_threshold(value: float) -> float:
+    """Return a Verify threshold if it is in (-1, 1], else raise InvalidArgument."""
+    threshold = check_score(value, "threshold")
+    if threshold <= -1.0:
+        raise InvalidArgument(f"threshold is {value}, must be greater than -1 and at most 1")
+    return threshold
+
+
 def check_mode(mode: int) -> int:
     """Return an explicit EnrollMode, else raise InvalidArgument."""
     if mode not in (pb.ENROLL_MODE_APPEND, pb.ENROLL_MODE_REPLACE):

@@ -564,6 +564,11 @@ class NodeStats(_message.Message):
     ERROR_FIELD_NUMBER: _builtins.int
     INDEX_BYTES_FIELD_NUMBER: _builtins.int
     MATRIX_BYTES_FIELD_NUMBER: _builtins.int
+    CALIBRATION_HIT_RATE_FIELD_NUMBER: _builtins.int
+    CALIBRATION_PROBES_FIELD_NUMBER: _builtins.int
+    CALIBRATED_TEMPLATES_FIELD_NUMBER: _builtins.int
+    CALIBRATION_MET_FIELD_NUMBER: _builtins.int
+    ESCALATIONS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     address: _builtins.str
     serving: _builtins.bool
@@ -585,6 +590,16 @@ class NodeStats(_message.Message):
     exact-search matrix (see docs/storage.md).
     """
     matrix_bytes: _builtins.int
+    calibration_hit_rate: _builtins.float
+    """Self-calibration of ef_search: HNSW rank-1 mate hits relative to exact
+    search on `calibration_probes` probes drawn from the gallery when it
+    held `calibrated_templates`; met = the configured target was reached.
+    """
+    calibration_probes: _builtins.int
+    calibrated_templates: _builtins.int
+    calibration_met: _builtins.bool
+    escalations: _builtins.int
+    """Identify calls re-checked by exact search (ambiguity band)."""
     def __init__(
         self,
         *,
@@ -602,10 +617,15 @@ class NodeStats(_message.Message):
         error: _builtins.str = ...,
         index_bytes: _builtins.int = ...,
         matrix_bytes: _builtins.int = ...,
+        calibration_hit_rate: _builtins.float = ...,
+        calibration_probes: _builtins.int = ...,
+        calibrated_templates: _builtins.int = ...,
+        calibration_met: _builtins.bool = ...,
+        escalations: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "capacity", b"capacity", "dim", b"dim", "ef_search", b"ef_search", "error", b"error", "index_bytes", b"index_bytes", "last_seq", b"last_seq", "matrix_bytes", b"matrix_bytes", "name", b"name", "rss_bytes", b"rss_bytes", "serving", b"serving", "snapshot_seq", b"snapshot_seq", "subjects", b"subjects", "templates", b"templates"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "calibrated_templates", b"calibrated_templates", "calibration_hit_rate", b"calibration_hit_rate", "calibration_met", b"calibration_met", "calibration_probes", b"calibration_probes", "capacity", b"capacity", "dim", b"dim", "ef_search", b"ef_search", "error", b"error", "escalations", b"escalations", "index_bytes", b"index_bytes", "last_seq", b"last_seq", "matrix_bytes", b"matrix_bytes", "name", b"name", "rss_bytes", b"rss_bytes", "serving", b"serving", "snapshot_seq", b"snapshot_seq", "subjects", b"subjects", "templates", b"templates"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

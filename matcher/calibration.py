@@ -1,0 +1,84 @@
+"""Self-calibration of HNSW search width (ef) against exact search.
+
+A node samples live templates, turns each into a probe the way a new capture
+of the same person would look (noise matched to the genuine score
+distribution), and asks: for which ef does HNSW put the mate at rank 1 as
+often as exact search does? It picks the smallest ef on a grid whose rank-1
+hit count is at least `target` times exact's. Exact search is the oracle,
+never assumed: a miss by exact search (the mate is not the most similar)
+does not count against HNSW.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+FloatMatrix = npt.NDArray[np.float32]
+Labels = npt.NDArray[np.int64]
+
+DEFAULT_GRID: tuple[int, ...] = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
+
+
+def genuine_noise(dim: int, genuine: float) -> float:
+    """Per-coordinate noise sigma so that cos(probe, template) is about `genuine`.
+
+    For a unit t and n ~ N(0, s^2 I): cos(t + n, t) ~ 1 / sqrt(1 + dim s^2).
+    """
+    return float(np.sqrt((1.0 / genuine**2 - 1.0) / dim))
+
+
+def make_probes(templates: FloatMatrix, genuine: float, rng: np.random.Generator) -> FloatMatrix:
+    """Noisy, re-normalised copies of `templates` at genuine-score distance."""
+    sigma = genuine_noise(templates.shape[1], genuine)
+    noisy = templates + sigma * rng.standard_normal(templates.shape).astype(np.float32)
+    out: FloatMatrix = (noisy / np.linalg.norm(noisy, axis=1, keepdims=True)).astype(np.float32)
+    return out
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Outcome of one calibration run."""
+
+    ef: int
+    target: float
+    probes: int
+    exact_hits: int
+    hnsw_hits: int
+    templates: int
+    met: bool
+    table: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def hit_rate(self) -> float:
+        """HNSW rank-1 mate hits relative to exact search's (1.0 = as good)."""
+        return self.hnsw_hits / self.exact_hits if self.exact_hits else 1.0
+
+
+def choose_ef(
+    sources: Sequence[str],
+    exact_top: Sequence[str],
+    hnsw_top: Callable[[int], Sequence[str]],
+    grid: Sequence[int],
+    target: float,
+    templates: int,
+) -> Calibration:
+    """Smallest ef in `grid` whose rank-1 mate hits reach `target` x exact's.
+
+    `sources[i]` is probe i's true subject, `exact_top[i]` exact search's
+    rank-1 subject, `hnsw_top(ef)[i]` HNSW's at that ef.
+    """
+    truth = np.array(sources, dtype=object)
+    exact_hits = int((np.array(exact_top, dtype=object) == truth).sum())
+    needed = target * exact_hits
+    table: dict[int, int] = {}
+    for ef in sorted(grid):
+        hits = int((np.array(hnsw_top(ef), dtype=object) == truth).sum())
+        table[ef] = hits
+        if hits >= needed:
+            return Calibration(ef, target, len(truth), exact_hits, hits, templates, True, table)
+    ef = max(grid)
+    return Calibration(ef, target, len(truth), exact_hits, table[ef], templates, False, table)
