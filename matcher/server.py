@@ -18,11 +18,13 @@ from types import FrameType
 from typing import Any
 
 import grpc
+import prometheus_client
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from matcher.gallery import Gallery
+from matcher.metrics import LatencyInterceptor, NodeMetrics
 from matcher.service import MatcherNodeService
 from tunggal.internal_auth import SECRET_ENV, InternalAuthServerInterceptor, internal_secret
 from tunggal.logs import configure_logging
@@ -43,9 +45,10 @@ class NodeServer:
         self.settings = settings
         self.service = MatcherNodeService(settings)
         self.health = health.HealthServicer()
+        self.metrics = NodeMetrics(settings.name)
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="rpc"),
-            interceptors=list(interceptors),
+            interceptors=[*interceptors, LatencyInterceptor(self.metrics)],
             options=[
                 *grpc_message_options(settings.max_message_bytes),
                 *server_keepalive_options(),
@@ -73,6 +76,11 @@ class NodeServer:
         _log.info("node_listening", name=self.settings.name, port=self.port)
         self.gallery = Gallery(self.settings)
         self.service.attach(self.gallery)
+        self.metrics.watch(self.gallery.stats)
+        if self.settings.metrics_port:
+            prometheus_client.start_http_server(
+                self.settings.metrics_port, self.settings.metrics_host, self.metrics.registry
+            )
         self._set_health(health_pb2.HealthCheckResponse.SERVING)
         self._maintenance.start()
         _log.info("node_serving", name=self.settings.name, port=self.port)
@@ -115,6 +123,7 @@ def parse_args(argv: list[str] | None = None) -> NodeSettings:
     parser.add_argument("--dim", type=int)
     parser.add_argument("--ef-search", type=int)
     parser.add_argument("--log-level")
+    parser.add_argument("--metrics-port", type=int, help="serve /metrics here (0 = off)")
     args = parser.parse_args(argv)
     overrides = {k: v for k, v in vars(args).items() if v is not None}
     return NodeSettings(**overrides)

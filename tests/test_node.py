@@ -276,3 +276,27 @@ def test_torn_wal_tail_and_corrupt_snapshot_are_survived(tmp_path: Path) -> None
         assert after == before
     finally:
         node.kill()
+
+
+def test_metrics_endpoint_reports_gallery_and_calls(tmp_path: Path) -> None:
+    import urllib.request
+
+    from tests.conftest import free_port
+
+    port = free_port()
+    node = NodeProcess(tmp_path / "n", extra=["--metrics-port", str(port)]).start()
+    try:
+        with grpc.insecure_channel(node.address) as ch:
+            stub = pb_grpc.MatcherNodeStub(ch)
+            enroll_range(stub, 0, 50)
+            search(stub, MODEL.samples([1], 1)[0])
+            with pytest.raises(grpc.RpcError):
+                stub.GetSubject(pb.GetSubjectRequest(subject_id="nobody"))
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read()
+        body = text.decode()
+        assert 'tunggal_node_templates{node="node-0"} 50.0' in body
+        assert 'tunggal_node_ef_search{node="node-0"}' in body
+        assert 'tunggal_node_call_seconds_count{code="OK",method="Search",node="node-0"} 1.0' in body
+        assert 'method="GetSubject",node="node-0"} 1.0' in body and "NOT_FOUND" in body
+    finally:
+        node.kill()

@@ -108,6 +108,8 @@ class NodeSettings(MatchingSettings):
         86_400.0, gt=0, description="How long an Enroll request_id is remembered."
     )
     grace_s: float = Field(10.0, ge=0, description="Drain time on SIGTERM before stopping.")
+    metrics_port: int = Field(0, ge=0, le=65535, description="Port of /metrics; 0 = off.")
+    metrics_host: str = Field("127.0.0.1", description="Address /metrics listens on.")
 
     @field_validator("data_dir")
     @classmethod
