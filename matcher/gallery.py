@@ -387,6 +387,17 @@ class Gallery:
                 best[owner] = score
         return [Match(s, v) for s, v in sorted(best.items(), key=lambda kv: (-kv[1], kv[0]))]
 
+    def exact_top1(self, probes: FloatMatrix) -> list[tuple[str | None, float]]:
+        """Exact rank-1 (subject, score) of each probe, batched; (None, -inf) if empty."""
+        out: list[tuple[str | None, float]] = []
+        with self._rw.shared():
+            for lo in range(0, len(probes), _CALIBRATION_CHUNK * 10):
+                labels, scores = self._matrix.search(probes[lo : lo + _CALIBRATION_CHUNK * 10], 1)
+                for label, score in zip(labels[:, 0].tolist(), scores[:, 0].tolist(), strict=True):
+                    owner = self._owners[label] if label >= 0 else None
+                    out.append((owner, score if owner is not None else -np.inf))
+        return out
+
     def verify(self, subject_id: str, probe: FloatMatrix) -> tuple[float, int]:
         """(best score, templates compared) of a probe against one subject."""
         labels = self._store.labels_of(subject_id)
