@@ -296,7 +296,9 @@ def test_metrics_endpoint_reports_gallery_and_calls(tmp_path: Path) -> None:
         body = text.decode()
         assert 'tunggal_node_templates{node="node-0"} 50.0' in body
         assert 'tunggal_node_ef_search{node="node-0"}' in body
-        assert 'tunggal_node_call_seconds_count{code="OK",method="Search",node="node-0"} 1.0' in body
+        assert (
+            'tunggal_node_call_seconds_count{code="OK",method="Search",node="node-0"} 1.0' in body
+        )
         assert 'method="GetSubject",node="node-0"} 1.0' in body and "NOT_FOUND" in body
     finally:
         node.kill()

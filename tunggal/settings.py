@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MiB = 1024 * 1024
@@ -20,7 +20,7 @@ MIN_PING_INTERVAL_S = 10.0
 
 def _shared(name: str, default: Any, **kwargs: Any) -> Any:
     """A field read from ``TUNGGAL_<NAME>`` in every process, whatever its prefix."""
-    return Field(default, validation_alias=AliasChoices(name, f"TUNGGAL_{name.upper()}"), **kwargs)
+    return Field(default, validation_alias=f"TUNGGAL_{name.upper()}", **kwargs)
 
 
 class MatchingSettings(BaseSettings):
