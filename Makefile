@@ -33,6 +33,10 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.identify
 	$(BIN)/python -m bench.exact
 
+## accuracy: 1:N accuracy, HNSW vs exact (rank-1, FNIR at FPIR 1e-2..1e-4), DET curve PNG
+accuracy: $(STAMP)
+	$(BIN)/tunggal accuracy --out docs/accuracy-det.png
+
 ## lint: ruff and mypy
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import secrets
 import statistics
 import tempfile
 import threading
@@ -32,8 +33,8 @@ import numpy as np
 import numpy.typing as npt
 
 from bench.report import append, machine, now, rss_bytes
-from tunggal.client import NodeInfo, TunggalClient
-from tunggal.localcluster import LocalCluster
+from tunggal.client import NodeInfo, TunggalClient, bearer
+from tunggal.localcluster import LocalCluster, write_all_methods_tenants
 from tunggal.settings import NodeSettings
 from tunggal.synthetic import FaceModel, subject_id
 
@@ -156,9 +157,13 @@ def run_case(args: argparse.Namespace, name: str, structure: float, n: int) -> C
 
     # ---- the cluster, through the gateway ------------------------------------
     with tempfile.TemporaryDirectory(prefix="tunggal-bench-") as tmp:
-        cluster = LocalCluster(Path(tmp), base_port=args.port, nodes=2, dim=args.dim).start()
+        key = secrets.token_urlsafe(24)  # the benchmark's own tenant: every method, no quota
+        tenants = write_all_methods_tenants(Path(tmp) / "tenants.toml", key)
+        cluster = LocalCluster(
+            Path(tmp), base_port=args.port, nodes=2, dim=args.dim, tenants_file=tenants
+        ).start()
         try:
-            with TunggalClient(cluster.address, timeout=120) as client:
+            with TunggalClient(cluster.address, timeout=120, metadata=bearer(key)) as client:
                 empty_rss = sum(s.rss_bytes for s in client.stats())
                 log(f"{name}: enrolling {n:,} through the gateway")
                 t0 = time.perf_counter()

@@ -8,7 +8,8 @@
    ("tenant bank-x may not call Identify");
 3. `QuotaInterceptor`: the tenant's quota of the method -> RESOURCE_EXHAUSTED
    ("tenant agency: Identify rate quota 50/s exceeded, retry in 120 ms");
-4. `OverloadInterceptor`: the adaptive limiter -> UNAVAILABLE when shed.
+4. `OverloadInterceptor`: the adaptive limiter (by priority, tenants in turn)
+   -> UNAVAILABLE when shed.
 
 Both rejections that may be retried carry the trailer ``grpc-retry-pushback-ms``.
 Health and reflection stay open without a key. Authentication happens before
@@ -329,7 +330,7 @@ class OverloadInterceptor(_ServerInterceptor):
         def make(inner: Behaviour) -> Behaviour:
             async def behaviour(request: Any, context: Context) -> Any:
                 outcome = await self._limiter.acquire(
-                    priority, context.time_remaining(), state.method
+                    priority, context.time_remaining(), state.method, state.tenant_label
                 )
                 if isinstance(outcome, Shed):
                     state.reason = f"overload_{outcome.reason}"
@@ -357,19 +358,23 @@ class OverloadInterceptor(_ServerInterceptor):
 
 
 def build_interceptors(
-    registry: TenantRegistry,
+    registry: TenantRegistry | None,
     limiter: AdaptiveLimiter | None,
     *,
     quotas: QuotaBook | None = None,
     audit: AuditLog | None = None,
     metrics: GatewayMetrics | None = None,
 ) -> list[grpc.aio.ServerInterceptor[Any, Any]]:
-    """The gateway's interceptors, outermost first; pass them to ``grpc.aio.server``."""
+    """The gateway's interceptors, outermost first; pass them to ``grpc.aio.server``.
+
+    `registry` None turns authentication and quotas off (every call is
+    anonymous, tenant ``-``, normal priority): for local experiments only.
+    """
     interceptors: list[grpc.aio.ServerInterceptor[Any, Any]] = [
-        ObserveInterceptor(audit or AuditLog(), metrics),
-        AuthInterceptor(registry),
-        QuotaInterceptor(quotas or QuotaBook()),
+        ObserveInterceptor(audit or AuditLog(), metrics)
     ]
+    if registry is not None:
+        interceptors += [AuthInterceptor(registry), QuotaInterceptor(quotas or QuotaBook())]
     if limiter is not None:
         interceptors.append(OverloadInterceptor(limiter))
         if metrics is not None:

@@ -5,6 +5,9 @@ and shared by every call: HTTP/2 keepalive pings detect a dead node between
 calls, and a short reconnect backoff brings a restarted node back within
 seconds. Channels must be made inside the running event loop.
 
+With a shared secret (``TUNGGAL_INTERNAL_SECRET``, `tunggal.internal_auth`)
+every call carries it, so nodes that require it accept the gateway only.
+
 The nodes' servers must accept these pings, i.e. set
 ``grpc.keepalive_permit_without_calls=1`` and
 ``grpc.http2.min_recv_ping_interval_without_data_ms`` at most
@@ -16,11 +19,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import grpc.aio
 
 from shard.shardmap import Node
+from tunggal.internal_auth import InternalAuthClientInterceptor
 from tunggal.settings import GatewaySettings, grpc_message_options
 from tunggal.v1 import tunggal_pb2_grpc as pb_grpc
 
@@ -54,13 +59,24 @@ class NodeClient:
 
 
 class NodePool:
-    """The gateway's channels to every node, keyed by node name."""
+    """The gateway's channels to every node, keyed by node name.
 
-    def __init__(self, nodes: Iterable[Node], settings: GatewaySettings) -> None:
+    `internal_secret` (if set) is sent on every call as ``x-tunggal-internal``.
+    """
+
+    def __init__(
+        self, nodes: Iterable[Node], settings: GatewaySettings, internal_secret: str | None = None
+    ) -> None:
         options = channel_options(settings)
+        # grpc-stubs types aio channel interceptors as a placeholder: Any.
+        interceptors: Any = (
+            [InternalAuthClientInterceptor(internal_secret)] if internal_secret else None
+        )
         self._clients: dict[str, NodeClient] = {}
         for node in nodes:
-            channel = grpc.aio.insecure_channel(node.address, options=options)
+            channel = grpc.aio.insecure_channel(
+                node.address, options=options, interceptors=interceptors
+            )
             stub = pb_grpc.MatcherNodeStub(channel)
             self._clients[node.name] = NodeClient(node, channel, stub)
 

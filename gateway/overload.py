@@ -5,7 +5,9 @@ works on at once. The limit adapts by AIMD on latency: a call whose service
 time is well above its method's baseline (or that ran out of deadline) cuts
 the limit by `overload_backoff`; a fast call made while the limit was in use
 raises it by 1/limit (about +1 per limit calls). Calls over the limit wait in
-a bounded queue, critical before normal before batch (FIFO within a class).
+a bounded queue, critical before normal before batch. Within a class the
+tenants take turns (round robin, FIFO within a tenant), so a tenant with a
+long backlog does not delay one that sends a call now and then.
 
 Shedding is deadline-aware and ordered by priority:
 
@@ -14,7 +16,9 @@ Shedding is deadline-aware and ordered by priority:
 * batch may queue only while the queue is under `overload_batch_queue_share`
   of its size, normal under `overload_normal_queue_share`, critical up to full;
 * a full queue makes room for a higher-priority call by evicting the newest
-  waiter of the lowest class below it;
+  waiter of the lowest class below it, and for a call of the same class by
+  evicting the newest waiter of the tenant with the most waiters, when that
+  tenant has more than one more than the caller's;
 * a waiter still queued just before its deadline (`overload_deadline_margin_s`)
   or after `overload_max_queue_wait_s` is shed, so the caller hears why in time.
 
@@ -77,6 +81,12 @@ class OverloadSettings(BaseSettings):
     overload_deadline_margin_s: float = Field(
         0.01, ge=0, description="A queued call gives up this long before its deadline."
     )
+    overload_max_streams_per_connection: int = Field(
+        0,
+        ge=0,
+        description="Calls one client connection may have open at the gateway at once "
+        "(HTTP/2 MAX_CONCURRENT_STREAMS; more wait in the client); 0: no limit.",
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> OverloadSettings:
@@ -116,6 +126,82 @@ class _Waiter:
     rank: int
     method: str
     future: asyncio.Future[Slot | Shed] = field(repr=False)
+    tenant: str = ""
+
+
+class _ClassQueue:
+    """The waiters of one priority class: one FIFO per tenant, served round robin."""
+
+    def __init__(self) -> None:
+        self._tenants: dict[str, deque[_Waiter]] = {}  # insertion order = turn order
+        self._size = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __bool__(self) -> bool:
+        return self._size > 0
+
+    def waiting(self, tenant: str) -> int:
+        """Waiters of `tenant`."""
+        queue = self._tenants.get(tenant)
+        return len(queue) if queue is not None else 0
+
+    def ahead_of_new(self, tenant: str) -> int:
+        """About how many waiters go before a call of `tenant` queued now."""
+        turn = self.waiting(tenant) + 1
+        return sum(min(len(q), turn) for q in self._tenants.values())
+
+    def append(self, waiter: _Waiter) -> None:
+        queue = self._tenants.get(waiter.tenant)
+        if queue is None:
+            queue = self._tenants[waiter.tenant] = deque()
+        queue.append(waiter)
+        self._size += 1
+
+    def popleft(self) -> _Waiter:
+        """The oldest waiter of the tenant whose turn it is; that tenant goes last."""
+        tenant = next(iter(self._tenants))
+        queue = self._tenants.pop(tenant)
+        waiter = queue.popleft()
+        if queue:
+            self._tenants[tenant] = queue
+        self._size -= 1
+        return waiter
+
+    def pop_newest_of_largest(self) -> _Waiter:
+        """The newest waiter of the tenant with the most waiters."""
+        tenant = max(self._tenants, key=lambda t: len(self._tenants[t]))
+        return self._pop_newest(tenant)
+
+    def largest(self) -> tuple[str, int]:
+        """(tenant, waiters) of the tenant with the most waiters; ("", 0) when empty."""
+        if not self._tenants:
+            return "", 0
+        tenant = max(self._tenants, key=lambda t: len(self._tenants[t]))
+        return tenant, len(self._tenants[tenant])
+
+    def _pop_newest(self, tenant: str) -> _Waiter:
+        queue = self._tenants[tenant]
+        waiter = queue.pop()
+        if not queue:
+            del self._tenants[tenant]
+        self._size -= 1
+        return waiter
+
+    def pop_newest_of(self, tenant: str) -> _Waiter:
+        """The newest waiter of `tenant` (which must have one)."""
+        return self._pop_newest(tenant)
+
+    def remove(self, waiter: _Waiter) -> None:
+        """Drop `waiter`; ValueError when it is not queued."""
+        queue = self._tenants.get(waiter.tenant)
+        if queue is None:
+            raise ValueError("not queued")
+        queue.remove(waiter)
+        if not queue:
+            del self._tenants[waiter.tenant]
+        self._size -= 1
 
 
 class AdaptiveLimiter:
@@ -126,7 +212,7 @@ class AdaptiveLimiter:
         self._clock = clock
         self._limit = float(self._s.overload_initial_limit)
         self._in_flight = 0
-        self._queues: list[deque[_Waiter]] = [deque() for _ in range(_CLASSES)]
+        self._queues: list[_ClassQueue] = [_ClassQueue() for _ in range(_CLASSES)]
         self._service_s = self._s.overload_initial_service_s
         self._baseline: dict[str, float] = {}
         self._last_decrease = -math.inf
@@ -159,9 +245,9 @@ class AdaptiveLimiter:
         return Slot(self, method, self._clock(), self._in_flight)
 
     async def acquire(
-        self, priority: Priority, time_remaining: float | None, method: str = ""
+        self, priority: Priority, time_remaining: float | None, method: str = "", tenant: str = ""
     ) -> Slot | Shed:
-        """A slot for one call of `method`, or why it is shed.
+        """A slot for one call of `method` by `tenant`, or why it is shed.
 
         `time_remaining` is the call's remaining deadline in seconds (None: no
         deadline). Waits in the queue only when the wait can end before it.
@@ -169,9 +255,9 @@ class AdaptiveLimiter:
         rank = priority.rank
         if time_remaining is not None and time_remaining <= 0:
             return self._shed("deadline", f"deadline of {method} already passed", 0)
-        ahead = sum(len(q) for q in self._queues[: rank + 1])
-        if ahead == 0 and self._in_flight < self.limit:
+        if self._in_flight < self.limit and not any(self._queues[: rank + 1]):
             return self._grant(method)
+        ahead = sum(len(q) for q in self._queues[:rank]) + self._queues[rank].ahead_of_new(tenant)
         wait_s = self._wait_estimate_s(ahead)
         timeout = self._s.overload_max_queue_wait_s
         if time_remaining is not None:
@@ -184,11 +270,11 @@ class AdaptiveLimiter:
                     ahead,
                 )
             timeout = min(timeout, usable_s)
-        if not self._make_room(rank):
+        if not self._make_room(rank, tenant):
             return self._shed(
                 "queue_full", f"gateway overloaded: {method} ({priority} priority) shed", ahead
             )
-        waiter = _Waiter(rank, method, asyncio.get_running_loop().create_future())
+        waiter = _Waiter(rank, method, asyncio.get_running_loop().create_future(), tenant)
         self._queues[rank].append(waiter)
         try:
             await asyncio.wait((waiter.future,), timeout=timeout)
@@ -202,8 +288,13 @@ class AdaptiveLimiter:
             "queue_timeout", f"gateway busy: {method} waited {timeout * 1000:.0f} ms", ahead
         )
 
-    def _make_room(self, rank: int) -> bool:
-        """Whether a call of `rank` may queue, evicting a lower class if the queue is full."""
+    def _make_room(self, rank: int, tenant: str) -> bool:
+        """Whether a call of `rank` by `tenant` may queue, evicting someone if the queue is full.
+
+        The victim is the newest waiter of the lowest class below `rank`, else
+        of the tenant of the same class with the most waiters when it has more
+        than one more than `tenant` (so no tenant crowds out the others).
+        """
         size = self._s.overload_max_queue
         share = (1.0, self._s.overload_normal_queue_share, self._s.overload_batch_queue_share)
         queued = self.queued
@@ -211,16 +302,20 @@ class AdaptiveLimiter:
             return True
         for lower in range(_CLASSES - 1, rank, -1):
             if self._queues[lower]:
-                victim = self._queues[lower].pop()
-                victim.future.set_result(
-                    self._shed(
-                        "evicted",
-                        f"gateway overloaded: {victim.method} evicted by higher priority",
-                        queued,
-                    )
-                )
+                victim = self._queues[lower].pop_newest_of_largest()
+                self._evict(victim, "higher priority", queued)
                 return True  # swapped: the queue does not grow
+        same = self._queues[rank]
+        hog, waiting = same.largest()
+        if hog != tenant and waiting > same.waiting(tenant) + 1:
+            self._evict(same.pop_newest_of(hog), "a tenant with fewer queued calls", queued)
+            return True
         return False
+
+    def _evict(self, victim: _Waiter, by: str, queued: int) -> None:
+        victim.future.set_result(
+            self._shed("evicted", f"gateway overloaded: {victim.method} evicted by {by}", queued)
+        )
 
     def _abandon(self, waiter: _Waiter) -> None:
         """Drop a waiter that stopped waiting; give back a slot granted meanwhile."""
@@ -262,7 +357,7 @@ class AdaptiveLimiter:
             self._limit = min(float(s.overload_max_limit), self._limit + 1.0 / self._limit)
 
     def _drain(self) -> None:
-        """Hand free slots to waiters, highest priority and oldest first."""
+        """Hand free slots to waiters: highest priority first, tenants in turn, oldest first."""
         for queue in self._queues:
             while queue and self._in_flight < self.limit:
                 waiter = queue.popleft()

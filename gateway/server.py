@@ -439,9 +439,11 @@ class GatewayServer:
         await self.server.wait_for_termination()
 
 
-def server_options(settings: GatewaySettings) -> list[tuple[str, int]]:
+def server_options(
+    settings: GatewaySettings, max_streams_per_connection: int = 0
+) -> list[tuple[str, int]]:
     """Options of the gateway's own server."""
-    return [
+    options = [
         *grpc_message_options(settings.max_message_bytes),
         # Fail loudly if the port is taken instead of sharing it.
         ("grpc.so_reuseport", 0),
@@ -449,6 +451,11 @@ def server_options(settings: GatewaySettings) -> list[tuple[str, int]]:
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
     ]
+    if max_streams_per_connection > 0:
+        # Calls over this wait in the client: one connection's flood cannot
+        # pile up in front of the interceptors, where nothing is fair.
+        options.append(("grpc.max_concurrent_streams", max_streams_per_connection))
+    return options
 
 
 async def serve(
@@ -459,20 +466,25 @@ async def serve(
     port: int | None = None,
     nodes: Sequence[Node] | None = None,
     internal_secret: str | None = None,
+    max_streams_per_connection: int = 0,
 ) -> GatewayServer:
     """Start a gateway in the running event loop and return it.
 
     `host`/`port` override the settings (port 0 picks a free port, see
     `.port`); `nodes` overrides ``settings.nodes``. `interceptors` run in
     order before every RPC (tenants, quotas, metrics...). `internal_secret`
-    goes with every call to a node (``x-tunggal-internal``).
+    goes with every call to a node (``x-tunggal-internal``);
+    `max_streams_per_connection` > 0 caps each client connection's open calls.
     """
     shard_map = ShardMap(parse_nodes(settings.nodes) if nodes is None else nodes)
     host = settings.host if host is None else host
     port = settings.port if port is None else port
     pool = NodePool(shard_map.nodes, settings, internal_secret)
     pool.connect()
-    server = grpc.aio.server(interceptors=list(interceptors), options=server_options(settings))
+    server = grpc.aio.server(
+        interceptors=list(interceptors),
+        options=server_options(settings, max_streams_per_connection),
+    )
     servicer = MatcherGateway(settings, shard_map, pool)
     pb_grpc.add_MatcherServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
@@ -556,7 +568,12 @@ async def run(config: GatewayConfig) -> None:
             url=f"http://{config.metrics.metrics_host}:{config.metrics.metrics_port}/metrics",
         )
     try:
-        gateway = await serve(settings, interceptors, internal_secret=config.internal_secret)
+        gateway = await serve(
+            settings,
+            interceptors,
+            internal_secret=config.internal_secret,
+            max_streams_per_connection=config.overload.overload_max_streams_per_connection,
+        )
     except BaseException:
         if metrics_server is not None:
             metrics_server.shutdown()
@@ -657,9 +674,7 @@ def config_from_args(argv: Sequence[str] | None = None) -> GatewayConfig:
             )
         )
         metrics = MetricsSettings(
-            **_overrides(
-                (("metrics_port", args.metrics_port), ("metrics_host", args.metrics_host))
-            )
+            **_overrides((("metrics_port", args.metrics_port), ("metrics_host", args.metrics_host)))
         )
         overload = OverloadSettings()
     except (ValidationError, ValueError) as exc:

@@ -220,6 +220,33 @@ def load_tenants(path: Path) -> TenantsConfig:
     return parse_tenants(data)
 
 
+def _toml_string(value: str) -> str:
+    """`value` as a TOML basic string."""
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
+
+
+def dump_tenants(tenants: Sequence[Tenant]) -> str:
+    """The TOML text of a tenants file holding `tenants` (what `load_tenants` reads back)."""
+    lines: list[str] = []
+    for tenant in tenants:
+        lines.append(f"[tenants.{_toml_string(tenant.id)}]")
+        lines.append(f"priority = {_toml_string(tenant.priority.value)}")
+        hashes = ", ".join(_toml_string(h) for h in tenant.api_key_sha256)
+        lines.append(f"api_key_sha256 = [{hashes}]")
+        lines.append(f"methods = [{', '.join(_toml_string(m) for m in sorted(tenant.methods))}]")
+        lines.append("")
+        for method, spec in sorted(tenant.quotas.items()):
+            lines.append(f"[tenants.{_toml_string(tenant.id)}.quotas.{method}]")
+            for name, value in spec.model_dump(exclude_none=True).items():
+                if isinstance(value, bool):
+                    lines.append(f"{name} = {'true' if value else 'false'}")
+                else:
+                    lines.append(f"{name} = {value!r}")
+            lines.append("")
+    return "\n".join(lines)
+
+
 def _file_signature(path: Path) -> tuple[int, int, int] | None:
     """What changes when the file is edited or replaced; None if it is missing."""
     try:
@@ -237,6 +264,11 @@ class TenantsSettings(BaseSettings):
     tenants_file: Path | None = Field(None, description="Tenants TOML file; see docs/tenants.md.")
     tenants_poll_s: float = Field(
         2.0, gt=0, description="How often the tenants file's mtime is checked."
+    )
+    auth: bool = Field(
+        True,
+        description="off: no API keys, tenants or quotas (local experiments only; "
+        "the gateway then needs no tenants file).",
     )
 
 

@@ -11,8 +11,15 @@ from pathlib import Path
 import grpc
 import pytest
 
+from tunggal.client import bearer
 from tunggal.localcluster import LocalCluster, wait_serving
 from tunggal.v1 import tunggal_pb2_grpc as pb_grpc
+
+TEST_TENANTS = Path(__file__).resolve().parent / "tenants.test.toml"
+"""One tenant, all-methods: every method, no quota, critical priority."""
+TEST_KEY = "test-key-all-methods"
+TEST_AUTH = bearer(TEST_KEY)
+"""Call metadata of the all-methods test tenant."""
 
 
 def free_port() -> int:
@@ -102,11 +109,15 @@ def node_stub(node: NodeProcess) -> Iterator[pb_grpc.MatcherNodeStub]:
 
 @pytest.fixture
 def cluster_factory(tmp_path: Path) -> Iterator[type[LocalCluster]]:
-    """Makes LocalClusters on free ports under tmp_path; stops them at the end."""
+    """Makes LocalClusters on free ports under tmp_path; stops them at the end.
+
+    The gateway uses the test tenants (TEST_TENANTS) unless `tenants_file` is given.
+    """
     made: list[LocalCluster] = []
 
     class _Factory(LocalCluster):
         def __init__(self, data_dir: Path | None = None, nodes: int = 2, **kw: object) -> None:
+            kw.setdefault("tenants_file", TEST_TENANTS)
             super().__init__(
                 data_dir=data_dir or tmp_path / "cluster",
                 base_port=free_port_run(nodes + 1),

@@ -1,4 +1,7 @@
-"""The whole cluster as real processes: gateway + 2 nodes on 127.0.0.1."""
+"""The whole cluster as real processes: gateway + 2 nodes on 127.0.0.1.
+
+Calls are made as the all-methods test tenant (tests/tenants.test.toml).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ import grpc
 import numpy as np
 import pytest
 
-from tests.conftest import free_port_run
+from tests.conftest import TEST_AUTH, TEST_TENANTS, free_port_run
 from tunggal.client import TunggalClient
 from tunggal.localcluster import LocalCluster
 from tunggal.synthetic import FaceModel, subject_id
@@ -47,9 +50,11 @@ def top1(client: TunggalClient, probes: np.ndarray) -> list[str]:
 
 
 def test_identify_verify_delete_restart(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    cluster = LocalCluster(tmp_path / "c", base_port=free_port_run(3), nodes=2).start()
+    cluster = LocalCluster(
+        tmp_path / "c", base_port=free_port_run(3), nodes=2, tenants_file=TEST_TENANTS
+    ).start()
     try:
-        with TunggalClient(cluster.address, timeout=30) as client:
+        with TunggalClient(cluster.address, timeout=30, metadata=TEST_AUTH) as client:
             enroll_all(client, range(N))
             stats = client.stats()
             assert sum(n.templates for n in stats) == N
@@ -87,7 +92,7 @@ def test_identify_verify_delete_restart(tmp_path) -> None:  # type: ignore[no-un
             before = [[c.subject_id for c in client.identify(p, k=5).candidates] for p in probes]
         cluster.stop()
         cluster.start()
-        with TunggalClient(cluster.address, timeout=30) as client:
+        with TunggalClient(cluster.address, timeout=30, metadata=TEST_AUTH) as client:
             after = [[c.subject_id for c in client.identify(p, k=5).candidates] for p in probes]
             assert sum(n.templates for n in client.stats()) == N - len(gone)
         assert after == before
@@ -96,9 +101,11 @@ def test_identify_verify_delete_restart(tmp_path) -> None:  # type: ignore[no-un
 
 
 def test_node_down_gives_partial_or_unavailable(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    cluster = LocalCluster(tmp_path / "c", base_port=free_port_run(3), nodes=2).start()
+    cluster = LocalCluster(
+        tmp_path / "c", base_port=free_port_run(3), nodes=2, tenants_file=TEST_TENANTS
+    ).start()
     try:
-        with TunggalClient(cluster.address, timeout=10) as client:
+        with TunggalClient(cluster.address, timeout=10, metadata=TEST_AUTH) as client:
             enroll_all(client, range(2000))
             probe = MODEL.samples([5], 1)[0]
             cluster.kill_node(1)
@@ -113,21 +120,29 @@ def test_node_down_gives_partial_or_unavailable(tmp_path) -> None:  # type: igno
             down = [n for n in client.stats() if n.error]
             assert [n.name for n in down] == ["node-1"]
             cluster.start_node(1)
-            found = client.identify(probe, k=3)
+            # The gateway's channel reconnects with backoff (at most 2 s): the
+            # first calls after the restart may still find it down.
+            for _ in range(50):
+                found = client.identify(probe, k=3)
+                if not found.partial:
+                    break
+                threading.Event().wait(0.1)
             assert not found.partial and found.candidates[0].subject_id == subject_id(5)
     finally:
         cluster.stop()
 
 
 def test_kill_9_node_during_gateway_enrolls(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    cluster = LocalCluster(tmp_path / "c", base_port=free_port_run(3), nodes=2).start()
+    cluster = LocalCluster(
+        tmp_path / "c", base_port=free_port_run(3), nodes=2, tenants_file=TEST_TENANTS
+    ).start()
     acked: list[int] = []
     sent: list[int] = []
     lock = threading.Lock()
     stop = threading.Event()
 
     def writer(offset: int) -> None:
-        with TunggalClient(cluster.address, timeout=5) as client:
+        with TunggalClient(cluster.address, timeout=5, metadata=TEST_AUTH) as client:
             i = offset
             while not stop.is_set():
                 with lock:
@@ -153,7 +168,7 @@ def test_kill_9_node_during_gateway_enrolls(tmp_path) -> None:  # type: ignore[n
         for t in threads:
             t.join()
         cluster.start_node(0)
-        with TunggalClient(cluster.address, timeout=30) as client:
+        with TunggalClient(cluster.address, timeout=30, metadata=TEST_AUTH) as client:
             stored = settled_template_count(client)
             unacked = set(sent) - set(acked)
             assert len(acked) <= stored <= len(acked) + len(unacked)

@@ -25,7 +25,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from gateway.server import GatewayServer, serve
+from gateway.server import GatewayServer, serve, server_options
 from shard.shardmap import Node
 from tests.conftest import free_port
 from tunggal.client import Candidate, TunggalClient
@@ -597,7 +597,8 @@ def test_sigterm_drains_and_exits(tmp_path: Path) -> None:
         [
             sys.executable, "-m", "gateway.server",
             "--port", str(port), "--nodes", f"node-0=127.0.0.1:{free_port()}",
-            "--grace", "1",
+            "--grace", "1", "--tenants", str(ROOT / "deploy" / "tenants.demo.toml"),
+            "--metrics-port", "0",
         ],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
@@ -611,3 +612,8 @@ def test_sigterm_drains_and_exits(tmp_path: Path) -> None:
         log.close()
     text = (tmp_path / "gateway.log").read_text()
     assert '"event": "gateway_started"' in text and '"event": "gateway_stopped"' in text
+
+
+def test_streams_per_client_connection_can_be_capped() -> None:
+    assert ("grpc.max_concurrent_streams", 16) in server_options(settings(), 16)
+    assert not any(k == "grpc.max_concurrent_streams" for k, _ in server_options(settings(), 0))

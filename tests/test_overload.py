@@ -168,3 +168,89 @@ def test_aimd_cuts_on_slow_calls_and_grows_on_fast_ones() -> None:
         assert limiter.limit == 2
 
     run(scenario())
+
+
+def test_tenants_of_a_class_take_turns() -> None:
+    async def scenario() -> None:
+        limiter = AdaptiveLimiter(fixed(1, overload_initial_service_s=0.001))
+        busy = await limiter.acquire(Priority.NORMAL, None, "x", "other")
+        assert isinstance(busy, Slot)
+        greedy = [
+            asyncio.create_task(limiter.acquire(Priority.NORMAL, 5.0, f"g{i}", "greedy"))
+            for i in range(3)
+        ]
+        await asyncio.sleep(0)
+        small = asyncio.create_task(limiter.acquire(Priority.NORMAL, 5.0, "s", "small"))
+        await asyncio.sleep(0)
+        assert limiter.queued == 4
+        order = []
+        slot: Slot | Shed = busy
+        pending = [*greedy, small]
+        while pending:
+            assert isinstance(slot, Slot)
+            slot.release()
+            done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            assert len(done) == 1
+            task = done.pop()
+            pending.remove(task)
+            slot = task.result()
+            assert isinstance(slot, Slot)
+            order.append(slot.method)
+        assert order == ["g0", "s", "g1", "g2"]
+
+    run(scenario())
+
+
+def test_full_queue_evicts_the_tenant_with_the_longest_backlog() -> None:
+    async def scenario() -> None:
+        # Normal calls may fill floor(4 * 0.9) = 3 places.
+        limiter = AdaptiveLimiter(fixed(1, overload_max_queue=4, overload_initial_service_s=0.001))
+        busy = await limiter.acquire(Priority.NORMAL, None, "x", "other")
+        assert isinstance(busy, Slot)
+        greedy = [
+            asyncio.create_task(limiter.acquire(Priority.NORMAL, 5.0, f"g{i}", "greedy"))
+            for i in range(3)
+        ]
+        await asyncio.sleep(0)
+        # The greedy tenant cannot evict itself.
+        shed = await limiter.acquire(Priority.NORMAL, 5.0, "g3", "greedy")
+        assert isinstance(shed, Shed) and shed.reason == "queue_full"
+        small = asyncio.create_task(limiter.acquire(Priority.NORMAL, 5.0, "s", "small"))
+        await asyncio.sleep(0)
+        evicted = await greedy[2]
+        assert isinstance(evicted, Shed) and evicted.reason == "evicted"
+        assert limiter.queued == 3 and not small.done()
+        busy.release()
+        for task in (greedy[0], small, greedy[1]):
+            slot = await task
+            assert isinstance(slot, Slot)
+            slot.release()
+        assert (limiter.in_flight, limiter.queued) == (0, 0)
+
+    run(scenario())
+
+
+def test_wait_estimate_counts_turns_not_another_tenants_backlog() -> None:
+    async def scenario() -> None:
+        limiter = AdaptiveLimiter(fixed(1, overload_initial_service_s=0.1))
+        busy = await limiter.acquire(Priority.NORMAL, None, "x", "other")
+        assert isinstance(busy, Slot)
+        backlog = [
+            asyncio.create_task(limiter.acquire(Priority.NORMAL, 30.0, "g", "greedy"))
+            for _ in range(10)
+        ]
+        await asyncio.sleep(0)
+        # greedy: 11 calls ahead, ~1.1 s; small: its turn comes after one greedy call.
+        late = await limiter.acquire(Priority.NORMAL, 0.5, "g", "greedy")
+        assert isinstance(late, Shed) and late.reason == "deadline"
+        small = asyncio.create_task(limiter.acquire(Priority.NORMAL, 0.5, "s", "small"))
+        await asyncio.sleep(0)
+        assert not small.done() and limiter.queued == 11
+        small.cancel()
+        for task in backlog:
+            task.cancel()
+        await asyncio.gather(small, *backlog, return_exceptions=True)
+        busy.release()
+        assert (limiter.in_flight, limiter.queued) == (0, 0)
+
+    run(scenario())

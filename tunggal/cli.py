@@ -1,34 +1,81 @@
 """`tunggal` command: the local cluster and operator tools.
 
-tunggal local      start gateway + nodes on 127.0.0.1 with a demo gallery
+tunggal local      start gateway + nodes on 127.0.0.1 with a demo gallery and demo tenants
 tunggal stats      per-shard counts and state (through the gateway)
+tunggal load       load generator (ghz-like, open loop, several tenants)
+tunggal hash-key   SHA-256 of an API key (stdin), for the tenants file
 tunggal snapshot   ask a node to write a snapshot now
 tunggal owner      which node owns a subject id
+tunggal accuracy   1:N accuracy report (FNIR at FPIR, DET curve), HNSW vs exact
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import grpc
 
+from gateway.tenants import DEMO_KEYS, Tenant, load_tenants
+from gateway.tenants import main as tenants_main
 from shard.shardmap import ShardMap, parse_nodes
-from tunggal.client import TunggalClient
-from tunggal.demo import seed, show
+from tunggal import load
+from tunggal.client import TunggalClient, bearer
+from tunggal.demo import DEMO_ROLES, DemoClients, seed, show, with_pushback
+from tunggal.internal_auth import METADATA_KEY, SECRET_ENV, internal_secret
 from tunggal.localcluster import LocalCluster
 from tunggal.settings import GatewaySettings
 from tunggal.v1 import tunggal_pb2 as pb
 from tunggal.v1 import tunggal_pb2_grpc as pb_grpc
 
 
+def describe_quotas(tenant: Tenant) -> str:
+    """E.g. ``Identify 50/s (burst 100), 16 in flight, 200000/day``; ``unlimited``."""
+    parts = []
+    for method, spec in sorted(tenant.quotas.items()):
+        limits = []
+        if spec.rate is not None:
+            limits.append(f"{spec.rate:g}/s (burst {spec.bucket_size})")
+        if spec.concurrency is not None:
+            limits.append(f"{spec.concurrency} in flight")
+        if spec.daily is not None:
+            limits.append(f"{spec.daily}/day")
+        shadow = " [shadow]" if spec.shadow else ""
+        parts.append(f"{method} {', '.join(limits) or 'unlimited'}{shadow}")
+    return "; ".join(parts) or "unlimited"
+
+
+def print_tenants(cluster: LocalCluster) -> None:
+    """The tenants of the cluster's gateway, their demo keys and what each may call."""
+    if cluster.tenants_file is None:
+        print("\nTenants: none, the gateway runs with --no-auth (local experiments only)")
+        return
+    config = load_tenants(Path(cluster.tenants_file))
+    print(f"\nTenants ({cluster.tenants_file}); send 'authorization: Bearer <key>':")
+    print(f"  {'tenant':<10} {'key':<20} {'priority':<9} may call")
+    for tenant in config.tenants.values():
+        key = DEMO_KEYS.get(tenant.id, "(not a demo key)")
+        methods = ", ".join(sorted(tenant.methods))
+        print(f"  {tenant.id:<10} {key:<20} {tenant.priority.value:<9} {methods}")
+        print(f"  {'':<10} {'':<20} {'':<9} quotas: {describe_quotas(tenant)}")
+        if tenant.id in DEMO_ROLES:
+            print(f"  {'':<10} {'':<20} {'':<9} the demo uses it for {DEMO_ROLES[tenant.id]}")
+
+
 def cmd_local(args: argparse.Namespace) -> int:
     """Run the local cluster until Ctrl-C."""
+    metrics_port = args.port + 1000 if args.metrics_port is None else args.metrics_port
     cluster = LocalCluster(
-        data_dir=Path(args.data_dir), base_port=args.port, nodes=args.nodes, dim=128
+        data_dir=Path(args.data_dir),
+        base_port=args.port,
+        nodes=args.nodes,
+        dim=128,
+        metrics_port=metrics_port,
     )
     print(f"Tunggal local cluster: data in {cluster.data_dir}, logs in {cluster.log_dir}")
     print(f"  starting {args.nodes} matcher nodes and the gateway ...")
@@ -36,18 +83,34 @@ def cmd_local(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         cluster.start()
-        with TunggalClient(cluster.address, timeout=30) as client:
-            added = seed(client, args.subjects)
+        with DemoClients.connect(cluster.address, timeout=30) as demo:
+            added = seed(demo.registry, args.subjects, stats=demo.ops)
             if added == 0:
-                total = sum(n.templates for n in client.stats())
+                total = sum(n.templates for n in with_pushback(demo.ops.stats))
                 print(f"  reusing the stored gallery: {total:,} templates")
-            show(client, args.subjects)
+            show(demo.bank, demo.agency, args.subjects)
             print("\nServing:")
             print(f"  gateway  {cluster.address}  (tunggal.v1.Matcher, health, reflection)")
             for spec in cluster.node_specs:
-                print(f"  {spec.name:<8} {spec.address}  (tunggal.v1.MatcherNode)")
+                print(f"  {spec.name:<8} {spec.address}  (tunggal.v1.MatcherNode, gateway only)")
+            if cluster.metrics_url:
+                print(f"  metrics  {cluster.metrics_url}")
+            print_tenants(cluster)
+            key = DEMO_KEYS["ops"]
             print(f"\n  try: grpcurl -plaintext {cluster.address} list")
-            print(f"       grpcurl -plaintext {cluster.address} tunggal.v1.Matcher/Stats")
+            print(
+                f"       grpcurl -plaintext -H 'authorization: Bearer {key}' "
+                f"{cluster.address} tunggal.v1.Matcher/Stats"
+            )
+            print(
+                f"       tunggal load --address {cluster.address} --method Identify "
+                f"--tenant agency --rps 20 --duration 10s --subjects {args.subjects}"
+            )
+            if cluster.internal_secret:
+                print(
+                    "  node calls (tunggal snapshot) need this cluster's secret:\n"
+                    f"       export {SECRET_ENV}={cluster.internal_secret}"
+                )
             print("Press Ctrl-C to stop.")
         stop.wait()
     except KeyboardInterrupt:
@@ -58,9 +121,15 @@ def cmd_local(args: argparse.Namespace) -> int:
     return 0
 
 
+def _api_key(args: argparse.Namespace, default_tenant: str) -> str:
+    """--key, else $TUNGGAL_API_KEY, else the demo key of `default_tenant`."""
+    key: str | None = args.key or os.environ.get(load.KEY_ENV)
+    return key or DEMO_KEYS[default_tenant]
+
+
 def cmd_stats(args: argparse.Namespace) -> int:
     """Print every node's row of Stats."""
-    with TunggalClient(args.address) as client:
+    with TunggalClient(args.address, metadata=bearer(_api_key(args, "ops"))) as client:
         rows = client.stats()
     print(f"{'node':<10} {'address':<22} {'serving':<8} {'subjects':>10} {'templates':>10} "
           f"{'seq':>10} {'snap':>10} {'rss MiB':>8}")  # fmt: skip
@@ -75,8 +144,19 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 def cmd_snapshot(args: argparse.Namespace) -> int:
     """Ask one node to write a snapshot."""
+    secret = internal_secret()
+    metadata: tuple[tuple[str, str | bytes], ...] = ((METADATA_KEY, secret),) if secret else ()
     with grpc.insecure_channel(args.node) as channel:
-        reply = pb_grpc.MatcherNodeStub(channel).Snapshot(pb.SnapshotRequest(), timeout=600)
+        try:
+            reply = pb_grpc.MatcherNodeStub(channel).Snapshot(
+                pb.SnapshotRequest(), timeout=600, metadata=metadata
+            )
+        except grpc.RpcError as err:
+            code: Any = err.code()
+            print(f"error: {code.name}: {err.details()}", file=sys.stderr)
+            if code == grpc.StatusCode.UNAUTHENTICATED:
+                print(f"  set {SECRET_ENV} to the cluster's internal secret", file=sys.stderr)
+            return 1
     print(f"snapshot at seq {reply.seq}: {reply.path or '(already current)'}")
     return 0
 
@@ -88,6 +168,23 @@ def cmd_owner(args: argparse.Namespace) -> int:
         node = shard_map.owner(sid)
         print(f"{sid}\t{node.name}\t{node.address}")
     return 0
+
+
+def cmd_hash_key(args: argparse.Namespace) -> int:
+    """Print the SHA-256 hex of an API key read from stdin (prompt on a terminal)."""
+    return tenants_main(["hash-key"])
+
+
+def cmd_load(args: argparse.Namespace) -> int:
+    """Run the load generator."""
+    return load.main(args)
+
+
+def cmd_accuracy(args: argparse.Namespace) -> int:
+    """1:N accuracy report: HNSW vs exact search, FNIR at target FPIRs, DET curve."""
+    from tunggal import accuracy  # numpy-heavy and matplotlib: only when asked
+
+    return accuracy.main(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -104,17 +201,46 @@ def build_parser() -> argparse.ArgumentParser:
     local.add_argument("--port", type=int, default=defaults.port, help="gateway port")
     local.add_argument("--nodes", type=int, default=2)
     local.add_argument("--subjects", type=int, default=100_000, help="demo gallery size")
+    local.add_argument(
+        "--metrics-port", type=int, help="gateway /metrics port (default: --port + 1000; 0: off)"
+    )
     local.set_defaults(func=cmd_local)
     stats = sub.add_parser("stats", help="per-shard state through the gateway")
     stats.add_argument("--address", default=f"127.0.0.1:{defaults.port}")
+    stats.add_argument(
+        "--key", help=f"API key of a tenant allowed Stats (default ${load.KEY_ENV}, else demo ops)"
+    )
     stats.set_defaults(func=cmd_stats)
-    snap = sub.add_parser("snapshot", help="make a node write a snapshot now")
+    load_cmd = sub.add_parser(
+        "load",
+        help="load generator: open loop, several tenants, ghz-like summary",
+        description=load.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    load.add_arguments(load_cmd)
+    load_cmd.set_defaults(func=cmd_load)
+    hash_key = sub.add_parser(
+        "hash-key",
+        help="SHA-256 hex of an API key read from stdin, for api_key_sha256 (docs/tenants.md)",
+    )
+    hash_key.set_defaults(func=cmd_hash_key)
+    snap = sub.add_parser("snapshot", help=f"make a node write a snapshot now (${SECRET_ENV})")
     snap.add_argument("--node", required=True, help="node host:port")
     snap.set_defaults(func=cmd_snapshot)
     owner = sub.add_parser("owner", help="which node owns a subject")
     owner.add_argument("subject_ids", nargs="+")
     owner.add_argument("--nodes", default=defaults.nodes)
     owner.set_defaults(func=cmd_owner)
+    acc = sub.add_parser(
+        "accuracy",
+        help="1:N accuracy report: rank-1, FNIR at FPIR 1e-2/1e-3/1e-4, DET curve PNG",
+        description="1:N accuracy of an in-process gallery, HNSW at the calibrated ef vs "
+        "exact search (rank-1, FNIR at target FPIRs, DET curve). See tunggal/accuracy.py.",
+    )
+    from tunggal.accuracy import add_arguments as accuracy_arguments
+
+    accuracy_arguments(acc)
+    acc.set_defaults(func=cmd_accuracy)
     return parser
 
 

@@ -4,11 +4,18 @@ Used by `tunggal local` (the README's run command), the integration tests and
 the benchmarks. Each process is started with the current interpreter, logs
 to `<data_dir>/logs/<name>.log`, and is waited for until its gRPC health
 check says SERVING.
+
+The gateway authenticates callers with `tenants_file` (the demo tenants of
+deploy/tenants.demo.toml by default; None starts it with ``--no-auth``) and
+serves /metrics on `metrics_port` (0: off). Every process gets a random
+internal secret (``TUNGGAL_INTERNAL_SECRET``), fresh per cluster, so the
+nodes answer the gateway only.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -18,6 +25,34 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from gateway.tenants import METHODS, Priority, Tenant, dump_tenants, hash_key
+from tunggal.internal_auth import SECRET_ENV
+
+REPO = Path(__file__).resolve().parent.parent
+DEMO_TENANTS_FILE = REPO / "deploy" / "tenants.demo.toml"
+"""The demo tenants (keys public, `gateway.tenants.DEMO_KEYS`)."""
+
+
+def write_all_methods_tenants(
+    path: Path, key: str, tenant_id: str = "all-methods", priority: Priority = Priority.CRITICAL
+) -> Path:
+    """Write a tenants file with one tenant holding `key` that may call every
+    method without quota: for tests and benchmarks only. Returns `path`."""
+    tenant = Tenant.model_validate(
+        {
+            "id": tenant_id,
+            "api_key_sha256": [hash_key(key)],
+            "methods": sorted(METHODS),
+            "priority": priority,
+        }
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        "# Generated for a test or benchmark run: one tenant, every method, no quota.\n"
+        + dump_tenants([tenant])
+    )
+    return path
 
 
 def wait_serving(address: str, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
@@ -55,7 +90,12 @@ class ProcessSpec:
 
 @dataclass
 class LocalCluster:
-    """Gateway on `base_port`, nodes on the ports after it."""
+    """Gateway on `base_port`, nodes on the ports after it.
+
+    `tenants_file` None runs the gateway without authentication;
+    `metrics_port` 0 turns /metrics off; `internal_secret` None lets anyone
+    call the nodes.
+    """
 
     data_dir: Path
     base_port: int = 50051
@@ -63,6 +103,11 @@ class LocalCluster:
     dim: int = 128
     env: dict[str, str] = field(default_factory=dict)
     start_timeout: float = 120.0
+    tenants_file: Path | None = DEMO_TENANTS_FILE
+    metrics_port: int = 0
+    internal_secret: str | None = field(
+        default_factory=lambda: secrets.token_urlsafe(32), repr=False
+    )
     node_specs: list[ProcessSpec] = field(init=False)
     gateway_spec: ProcessSpec = field(init=False)
 
@@ -83,6 +128,11 @@ class LocalCluster:
             for i in range(self.nodes)
         ]  # fmt: skip
         node_list = ",".join(f"{s.name}={s.address}" for s in self.node_specs)
+        auth = (
+            ["--no-auth"]
+            if self.tenants_file is None
+            else ["--tenants", str(Path(self.tenants_file).resolve())]
+        )
         self.gateway_spec = ProcessSpec(
             name="gateway",
             port=self.base_port,
@@ -91,6 +141,8 @@ class LocalCluster:
                 "--port", str(self.base_port),
                 "--nodes", node_list,
                 "--dim", str(self.dim),
+                "--metrics-port", str(self.metrics_port),
+                *auth,
             ],
         )  # fmt: skip
 
@@ -100,13 +152,26 @@ class LocalCluster:
         return self.gateway_spec.address
 
     @property
+    def metrics_url(self) -> str | None:
+        """The gateway's /metrics URL, or None when it is off."""
+        return f"http://127.0.0.1:{self.metrics_port}/metrics" if self.metrics_port else None
+
+    @property
     def log_dir(self) -> Path:
         """Where each process's log file lives."""
         return self.data_dir / "logs"
 
+    def process_env(self) -> dict[str, str]:
+        """The environment every process starts with."""
+        env = {**os.environ, **self.env}
+        env.pop(SECRET_ENV, None)
+        if self.internal_secret:
+            env[SECRET_ENV] = self.internal_secret
+        return env
+
     def _spawn(self, spec: ProcessSpec) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, **self.env}
+        env = self.process_env()
         with (self.log_dir / f"{spec.name}.log").open("ab") as log:
             spec.proc = subprocess.Popen(
                 spec.argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
