@@ -221,6 +221,7 @@ async def until(predicate: Callable[[], bool], timeout: float = 3.0) -> None:
 def log_buffer() -> Iterator[io.StringIO]:
     """Every structlog line, as JSON, into a buffer."""
     buf = io.StringIO()
+    structlog.reset_defaults()  # drop filters an earlier configure() left behind
     structlog.configure(
         processors=[structlog.processors.add_log_level, structlog.processors.JSONRenderer()],
         logger_factory=structlog.PrintLoggerFactory(file=buf),

@@ -44,6 +44,7 @@ def tenant_toml(tenant_id: str, key: str, methods: str, extra: str = "") -> str:
 def log_buffer() -> Iterator[io.StringIO]:
     """Every structlog line, as JSON, into a buffer."""
     buf = io.StringIO()
+    structlog.reset_defaults()  # drop filters an earlier configure() left behind
     structlog.configure(
         processors=[structlog.processors.add_log_level, structlog.processors.JSONRenderer()],
         logger_factory=structlog.PrintLoggerFactory(file=buf),

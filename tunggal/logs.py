@@ -4,8 +4,19 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import TextIO, cast
 
 import structlog
+
+
+class _CurrentStderr:
+    """Writes to whatever sys.stderr is at the time (it may be replaced)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
 
 
 def configure_logging(level: str = "info", service: str = "tunggal") -> None:
@@ -20,7 +31,9 @@ def configure_logging(level: str = "info", service: str = "tunggal") -> None:
             structlog.processors.JSONRenderer(),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-        cache_logger_on_first_use=True,
+        logger_factory=structlog.PrintLoggerFactory(file=cast(TextIO, _CurrentStderr())),
+        # Not cached: a later configure() (tests, reconfiguration) takes effect
+        # for module-level loggers too.
+        cache_logger_on_first_use=False,
     )
     structlog.contextvars.bind_contextvars(service=service)
