@@ -440,6 +440,17 @@ def test_audit_line_per_call_and_metrics(tmp_path: Path, log_buffer: io.StringIO
         missing = await call(gw, "Verify", verify("missing"), KEYS["bank-x"])
         assert missing.code == grpc.StatusCode.NOT_FOUND
         assert (await call(gw, "Verify", verify(), None)).code.name == "UNAUTHENTICATED"
+        # A rejection is counted as its call ends, which can be just after the
+        # client has its answer: wait (briefly) for the last one to land.
+        for _ in range(200):
+            if gw.metric(
+                "tunggal_gateway_rejections_total",
+                tenant="-",
+                method="Verify",
+                reason="unauthenticated",
+            ):
+                break
+            await asyncio.sleep(0.01)
         assert (
             gw.metric("tunggal_gateway_calls_total", tenant="agency", method="Identify", code="OK")
             == 1.0
