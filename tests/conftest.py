@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import socket
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+import structlog
 
 from tunggal.client import bearer
 from tunggal.localcluster import LocalCluster, wait_serving
@@ -129,3 +131,17 @@ def cluster_factory(tmp_path: Path) -> Iterator[type[LocalCluster]]:
     yield _Factory
     for cluster in made:
         cluster.stop(timeout=20)
+
+
+@pytest.fixture
+def log_buffer() -> Iterator[io.StringIO]:
+    """Every structlog line, as JSON, into a buffer."""
+    buf = io.StringIO()
+    structlog.reset_defaults()  # drop filters an earlier configure() left behind
+    structlog.configure(
+        processors=[structlog.processors.add_log_level, structlog.processors.JSONRenderer()],
+        logger_factory=structlog.PrintLoggerFactory(file=buf),
+        cache_logger_on_first_use=False,
+    )
+    yield buf
+    structlog.reset_defaults()

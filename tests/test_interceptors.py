@@ -8,7 +8,7 @@ import json
 import os
 import re
 import urllib.request
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +17,6 @@ from typing import Any, TypeVar
 import grpc
 import grpc.aio
 import pytest
-import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 from prometheus_client import CollectorRegistry
@@ -215,20 +214,6 @@ async def until(predicate: Callable[[], bool], timeout: float = 3.0) -> None:
             return
         await asyncio.sleep(0.005)
     pytest.fail("condition not reached in time")
-
-
-@pytest.fixture
-def log_buffer() -> Iterator[io.StringIO]:
-    """Every structlog line, as JSON, into a buffer."""
-    buf = io.StringIO()
-    structlog.reset_defaults()  # drop filters an earlier configure() left behind
-    structlog.configure(
-        processors=[structlog.processors.add_log_level, structlog.processors.JSONRenderer()],
-        logger_factory=structlog.PrintLoggerFactory(file=buf),
-        cache_logger_on_first_use=False,
-    )
-    yield buf
-    structlog.reset_defaults()
 
 
 def events(buf: io.StringIO, name: str) -> list[dict[str, Any]]:

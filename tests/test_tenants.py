@@ -9,12 +9,10 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
 
 from gateway.tenants import (
     DEMO_KEYS,
@@ -38,20 +36,6 @@ def tenant_toml(tenant_id: str, key: str, methods: str, extra: str = "") -> str:
         f'api_key_sha256 = ["{hash_key(key)}"]\n'
         f"methods = [{methods}]\n{extra}\n"
     )
-
-
-@pytest.fixture
-def log_buffer() -> Iterator[io.StringIO]:
-    """Every structlog line, as JSON, into a buffer."""
-    buf = io.StringIO()
-    structlog.reset_defaults()  # drop filters an earlier configure() left behind
-    structlog.configure(
-        processors=[structlog.processors.add_log_level, structlog.processors.JSONRenderer()],
-        logger_factory=structlog.PrintLoggerFactory(file=buf),
-        cache_logger_on_first_use=False,
-    )
-    yield buf
-    structlog.reset_defaults()
 
 
 def events(buf: io.StringIO) -> list[dict[str, Any]]:
