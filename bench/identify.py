@@ -4,13 +4,16 @@
 
 For each data set (structured face-like templates, then the isotropic worst
 case) it:
-  1. builds a raw hnswlib index in this process (same M, ef_construction,
-     the ef the nodes calibrated to) - the reference for speed and memory;
-  2. finds every probe's true rank-1 with exact numpy search (the oracle);
-  3. starts a local cluster (gateway + 2 nodes, real processes), enrolls the
-     gallery through the gateway (EnrollBatch), and measures identify and
-     verify latency/QPS at concurrency 1 and 16 (median of --runs runs),
-     the rank-1 hit rate relative to exact, and memory per template.
+  1. finds every probe's true rank-1 with exact numpy search (the oracle);
+  2. starts a local cluster (gateway + 2 nodes, real processes), enrolls the
+     gallery through the gateway (EnrollBatch), waits for the nodes to
+     calibrate, and measures identify and verify latency/QPS at concurrency
+     1 and 16 (median of --runs runs) and the rank-1 hit rate vs exact;
+  3. restarts the cluster (snapshot load) and reads the nodes' memory at rest;
+  4. builds (or loads from --cache) raw hnswlib over the whole gallery in this
+     process with the nodes' M and ef_construction, and runs the same queries
+     with the same client threads at the nodes' ef and at the ef the nodes'
+     calibration picks for the single index (equal accuracy).
 Results are printed and appended to docs/BENCHMARKS.md.
 """
 
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import secrets
 import statistics
 import tempfile
@@ -33,6 +37,7 @@ import numpy as np
 import numpy.typing as npt
 
 from bench.report import append, machine, now, rss_bytes
+from matcher.calibration import DEFAULT_GRID, Calibration, choose_ef, make_probes
 from tunggal.client import NodeInfo, TunggalClient, bearer
 from tunggal.localcluster import LocalCluster, write_all_methods_tenants
 from tunggal.settings import NodeSettings
@@ -112,24 +117,63 @@ def settled_stats(client: TunggalClient, growth: float = 1.5) -> list[NodeInfo]:
         time.sleep(1.0)
 
 
-def raw_reference(
-    args: argparse.Namespace,
-    gallery: FloatMatrix,
-    probes: FloatMatrix,
-    probe_ids: npt.NDArray[np.int64],
-    ef: int,
-) -> tuple[int, dict[int, Load], float, float]:
-    """Raw hnswlib with a node's parameters and ef: (rank-1 hits, loads, B/template, build s)."""
+def raw_index(
+    args: argparse.Namespace, gallery: FloatMatrix, tag: str
+) -> tuple[hnswlib.Index, float, float]:
+    """Raw hnswlib over `gallery` with a node's M and ef_construction:
+    (index, build seconds, RSS bytes per template). Cached under --cache,
+    since building 1M templates takes most of an hour on 2 cores."""
     d = NodeSettings()
     n = len(gallery)
+    name = f"raw-{tag}-{n}-d{args.dim}-M{d.hnsw_m}-efc{d.ef_construction}"
+    path, meta_path = Path(args.cache) / f"{name}.bin", Path(args.cache) / f"{name}.json"
+    index = hnswlib.Index(space="cosine", dim=args.dim)
+    if path.exists() and meta_path.exists():
+        index.load_index(str(path), max_elements=n)
+        meta = json.loads(meta_path.read_text())
+        log(f"raw hnswlib loaded from {path}")
+        return index, float(meta["build_s"]), float(meta["bytes_per_template"])
     gc.collect()
     rss0 = rss_bytes()
-    index = hnswlib.Index(space="cosine", dim=args.dim)
     index.init_index(n, ef_construction=d.ef_construction, M=d.hnsw_m)
     t0 = time.perf_counter()
     index.add_items(gallery, np.arange(n), num_threads=2)
     build = time.perf_counter() - t0
-    raw_bytes = (rss_bytes() - rss0) / n
+    per_template = (rss_bytes() - rss0) / n
+    path.parent.mkdir(parents=True, exist_ok=True)
+    index.save_index(str(path))
+    meta_path.write_text(json.dumps({"build_s": build, "bytes_per_template": per_template}))
+    return index, build, per_template
+
+
+def raw_calibrated_ef(index: hnswlib.Index, gallery: FloatMatrix) -> Calibration:
+    """The ef a node's calibration would pick for the whole gallery in one index:
+    same probes (gallery samples plus genuine-level noise), target and grid."""
+    d = NodeSettings()
+    rng = np.random.default_rng(7)
+    pick = rng.choice(len(gallery), size=min(d.calibration_probes, len(gallery)), replace=False)
+    probes = make_probes(gallery[pick], d.calibration_genuine, rng)
+    exact = exact_top1(gallery, probes)
+
+    def hnsw_top(ef: int) -> list[str]:
+        index.set_ef(ef)
+        labels, _ = index.knn_query(probes, k=1, num_threads=2)
+        return [str(label) for label in labels[:, 0]]
+
+    return choose_ef(
+        [str(i) for i in pick],
+        [str(i) for i in exact],
+        hnsw_top,
+        DEFAULT_GRID,
+        d.calibration_target,
+        len(gallery),
+    )
+
+
+def raw_loads(
+    args: argparse.Namespace, index: hnswlib.Index, probes: FloatMatrix, ef: int
+) -> tuple[npt.NDArray[np.int64], dict[int, Load]]:
+    """Rank-1 labels and load figures of raw hnswlib at `ef`."""
     index.set_ef(ef)
     top = np.array([index.knn_query(p, k=1, num_threads=1)[0][0, 0] for p in probes])
     loads = {
@@ -138,10 +182,10 @@ def raw_reference(
         )
         for c in args.concurrency
     }
-    return int((top == probe_ids).sum()), loads, raw_bytes, build
+    return top, loads
 
 
-def run_case(args: argparse.Namespace, name: str, structure: float, n: int) -> Case:
+def run_case(args: argparse.Namespace, name: str, tag: str, structure: float, n: int) -> Case:
     case = Case(name, n)
     model = FaceModel(dim=args.dim, structure=structure)
     log(f"{name}: generating {n:,} templates (dim {args.dim})")
@@ -159,9 +203,18 @@ def run_case(args: argparse.Namespace, name: str, structure: float, n: int) -> C
     with tempfile.TemporaryDirectory(prefix="tunggal-bench-") as tmp:
         key = secrets.token_urlsafe(24)  # the benchmark's own tenant: every method, no quota
         tenants = write_all_methods_tenants(Path(tmp) / "tenants.toml", key)
-        cluster = LocalCluster(
-            Path(tmp), base_port=args.port, nodes=2, dim=args.dim, tenants_file=tenants
-        ).start()
+
+        def cluster_up() -> LocalCluster:
+            return LocalCluster(
+                Path(tmp),
+                base_port=args.port,
+                nodes=2,
+                dim=args.dim,
+                tenants_file=tenants,
+                start_timeout=1800,
+            ).start()
+
+        cluster = cluster_up()
         try:
             with TunggalClient(cluster.address, timeout=120, metadata=bearer(key)) as client:
                 empty_rss = sum(s.rss_bytes for s in client.stats())
@@ -179,11 +232,9 @@ def run_case(args: argparse.Namespace, name: str, structure: float, n: int) -> C
                     list(pool.map(enroll, range(0, n, 1000)))
                 enroll_rate = n / (time.perf_counter() - t0)
                 stats = settled_stats(client)
-                node_rss = sum(s.rss_bytes for s in stats) - empty_rss
-                index_bytes = sum(s.index_bytes for s in stats)
-                matrix_bytes = sum(s.matrix_bytes for s in stats)
                 got = [client.identify(p, k=10).candidates[0].subject_id for p in probes]
                 hits = sum(g == subject_id(int(i)) for g, i in zip(got, probe_ids, strict=True))
+                log(f"{name}: identify/verify load")
                 ident = {
                     c: run_load(
                         lambda i: client.identify(probes[i], k=10), len(probes), c, args.runs
@@ -198,42 +249,73 @@ def run_case(args: argparse.Namespace, name: str, structure: float, n: int) -> C
                 )
         finally:
             cluster.stop()
+        # Memory at rest: restart (snapshot load), so calibration's and
+        # enrollment's transient buffers are not counted.
+        log(f"{name}: restarting the cluster to measure memory at rest")
+        t0 = time.perf_counter()
+        cluster = cluster_up()
+        restart_s = time.perf_counter() - t0
+        try:
+            with TunggalClient(cluster.address, timeout=120, metadata=bearer(key)) as client:
+                rest = client.stats()
+        finally:
+            cluster.stop()
+    node_rss = sum(s.rss_bytes for s in rest) - empty_rss
+    index_bytes = sum(s.index_bytes for s in rest)
+    matrix_bytes = sum(s.matrix_bytes for s in rest)
 
-    ef = max(s.ef_search for s in stats)
+    node_ef = max(s.ef_search for s in stats)
     case.rows["nodes' calibrated ef (measured hit rate vs exact)"] = ", ".join(
         f"{s.name}: {s.ef_search} ({s.calibration_hit_rate:.4f})" for s in stats
     )
-    raw_hits, raw, raw_bytes, build = raw_reference(args, gallery, probes, probe_ids, ef)
+    index, build, raw_bytes = raw_index(args, gallery, tag)
     log(f"{name}: raw hnswlib built in {build:.0f} s, {raw_bytes:.0f} B/template")
+    calibration = raw_calibrated_ef(index, gallery)
+    case.rows["raw hnswlib calibrated the nodes' way, whole gallery: ef (hit rate)"] = (
+        f"{calibration.ef} ({calibration.hit_rate:.4f})"
+    )
+    refs = {f"raw hnswlib at the nodes' ef {node_ef}": raw_loads(args, index, probes, node_ef)}
+    if calibration.ef != node_ef:
+        refs[f"raw hnswlib at its calibrated ef {calibration.ef}"] = raw_loads(
+            args, index, probes, calibration.ef
+        )
+    del index
     gc.collect()
 
-    case.rows["HNSW (raw hnswlib) rank-1 mate hits"] = (
-        f"{raw_hits}/{len(probes)} ({raw_hits / max(exact_hits, 1):.4f} of exact)"
-    )
     case.rows["gateway identify rank-1 mate hits"] = (
         f"{hits}/{len(probes)} ({hits / max(exact_hits, 1):.4f} of exact)"
     )
-    for c in args.concurrency:
-        g, r = ident[c], raw[c]
-        case.rows[f"identify c={c}: gateway QPS / raw hnswlib QPS"] = (
-            f"{g.qps:,.0f} / {r.qps:,.0f} = {g.qps / r.qps:.2f}"
+    for ref, (top, _) in refs.items():
+        raw_hits = int((top == probe_ids).sum())
+        case.rows[f"{ref}: rank-1 mate hits"] = (
+            f"{raw_hits}/{len(probes)} ({raw_hits / max(exact_hits, 1):.4f} of exact)"
         )
-        case.rows[f"identify c={c}: gateway p50 / p99 ms"] = f"{g.p50_ms:.2f} / {g.p99_ms:.2f}"
-        case.rows[f"identify c={c}: raw hnswlib p50 / p99 ms"] = f"{r.p50_ms:.2f} / {r.p99_ms:.2f}"
+    for c in args.concurrency:
+        g = ident[c]
+        case.rows[f"identify c={c}: gateway QPS, p50 / p99 ms"] = (
+            f"{g.qps:,.0f}, {g.p50_ms:.2f} / {g.p99_ms:.2f}"
+        )
+        for ref, (_, loads) in refs.items():
+            r = loads[c]
+            case.rows[f"identify c={c}: {ref}: QPS, p50 / p99 ms; gateway/raw QPS"] = (
+                f"{r.qps:,.0f}, {r.p50_ms:.2f} / {r.p99_ms:.2f}; **{g.qps / r.qps:.2f}**"
+            )
     case.rows[f"verify c={max(args.concurrency)}: QPS, p50 / p99 ms"] = (
         f"{ver.qps:,.0f}, {ver.p50_ms:.2f} / {ver.p99_ms:.2f}"
     )
     case.rows["enroll rate through gateway (EnrollBatch 1000, 2 clients) / raw hnswlib build"] = (
         f"{enroll_rate:,.0f}/s / {n / build:,.0f}/s = {enroll_rate * build / n:.2f}"
     )
+    case.rows["cluster restart (snapshot load) s"] = f"{restart_s:.1f}"
     node_index_side = (node_rss - matrix_bytes) / n
-    case.rows["memory B/template: raw hnswlib (RSS delta)"] = f"{raw_bytes:.0f}"
-    case.rows["memory B/template: nodes' RSS growth, all"] = (
-        f"{node_rss / n:.0f} ({node_rss / n / raw_bytes:.2f}x hnswlib)"
+    case.rows["memory B/template: raw hnswlib (RSS delta of the build)"] = f"{raw_bytes:.0f}"
+    case.rows["memory B/template: nodes at rest (RSS after restart less empty nodes')"] = (
+        f"{node_rss / n:.0f} (**{node_rss / n / raw_bytes:.2f}x** hnswlib)"
     )
-    case.rows["memory B/template: nodes without the exact matrix"] = (
-        f"{node_index_side:.0f} ({node_index_side / raw_bytes:.2f}x hnswlib); "
-        f"HNSW index {index_bytes / n:.0f}, exact matrix {matrix_bytes / n:.0f}"
+    case.rows["memory B/template: nodes at rest without the exact matrix"] = (
+        f"{node_index_side:.0f} (**{node_index_side / raw_bytes:.2f}x** hnswlib); "
+        f"HNSW index file {index_bytes / n:.0f}, exact matrix {matrix_bytes / n:.0f} "
+        "(allocated capacity)"
     )
     for k, v in case.rows.items():
         log(f"  {k}: {v}")
@@ -247,7 +329,9 @@ def render(args: argparse.Namespace, cases: list[Case]) -> str:
         "",
         f"Machine: {machine()}. `python -m bench.identify` — 2 matcher nodes + gateway as "
         f"processes on 127.0.0.1, dim {args.dim}, M={d.hnsw_m}, ef_construction="
-        f"{d.ef_construction}, ef self-calibrated per node (raw hnswlib uses the largest), "
+        f"{d.ef_construction}, ef self-calibrated per node; raw hnswlib (one index over the "
+        "whole gallery, one process, the same client threads) at the nodes' largest ef and "
+        "at the ef the same calibration picks for it (equal accuracy), "
         f"{args.queries} mated probes, medians "
         f"of {args.runs} runs. Client, gateway and nodes share the same cores.",
         "",
@@ -276,10 +360,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
     p.add_argument("--port", type=int, default=47051)
     p.add_argument("--no-write", action="store_true")
+    p.add_argument(
+        "--cache",
+        default=str(Path(tempfile.gettempdir()) / "tunggal-bench-cache"),
+        help="where raw hnswlib reference indexes are kept between runs",
+    )
     args = p.parse_args(argv)
-    cases = [run_case(args, "structured (structure 0.7, rank 64)", 0.7, args.subjects)]
+    cases = [
+        run_case(args, "structured (structure 0.7, rank 64)", "structured", 0.7, args.subjects)
+    ]
     if args.isotropic_subjects:
-        cases.append(run_case(args, "isotropic worst case", 0.0, args.isotropic_subjects))
+        cases.append(
+            run_case(args, "isotropic worst case", "isotropic", 0.0, args.isotropic_subjects)
+        )
     text = render(args, cases)
     print(text)
     if not args.no_write:

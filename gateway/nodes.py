@@ -1,7 +1,8 @@
 """Long-lived gRPC channels from the gateway to every matcher node.
 
-One `grpc.aio` channel (and one `MatcherNode` stub) per node, opened at start
-and shared by every call: HTTP/2 keepalive pings detect a dead node between
+One `grpc.aio` channel (and one `MatcherNode` stub, and one
+`gateway.batching.SearchBatcher` for Identify's searches) per node, opened
+at start and shared by every call: HTTP/2 keepalive pings detect a dead node between
 calls, and a short reconnect backoff brings a restarted node back within
 seconds. Channels must be made inside the running event loop.
 
@@ -24,6 +25,7 @@ from typing import Any
 import grpc
 import grpc.aio
 
+from gateway.batching import SearchBatcher
 from shard.shardmap import Node
 from tunggal.internal_auth import InternalAuthClientInterceptor
 from tunggal.settings import GatewaySettings, grpc_message_options
@@ -51,11 +53,12 @@ def channel_options(settings: GatewaySettings) -> list[tuple[str, int]]:
 
 @dataclass(frozen=True)
 class NodeClient:
-    """A node with its open channel and async stub."""
+    """A node with its open channel, async stub and search batcher."""
 
     node: Node
     channel: grpc.aio.Channel
     stub: pb_grpc.MatcherNodeAsyncStub
+    searches: SearchBatcher
 
 
 class NodePool:
@@ -78,7 +81,10 @@ class NodePool:
                 node.address, options=options, interceptors=interceptors
             )
             stub = pb_grpc.MatcherNodeStub(channel)
-            self._clients[node.name] = NodeClient(node, channel, stub)
+            searches = SearchBatcher(
+                node, stub, settings.search_batch, settings.search_batches_in_flight
+            )
+            self._clients[node.name] = NodeClient(node, channel, stub, searches)
 
     def __getitem__(self, node: Node) -> NodeClient:
         return self._clients[node.name]

@@ -46,6 +46,7 @@ from gateway.merge import merge_candidates
 from gateway.metrics import GatewayMetrics, MetricsSettings, start_metrics_server
 from gateway.nodes import NodePool
 from gateway.overload import AdaptiveLimiter, OverloadSettings
+from gateway.shard_errors import REQUEST_CODES, ShardError, shard_error
 from gateway.tenants import TenantRegistry, TenantsFileError, TenantsSettings
 from shard.shardmap import Node, ShardMap, parse_nodes
 from tunggal.errors import (
@@ -80,62 +81,12 @@ Resp = TypeVar("Resp")
 MATCHER_SERVICE = pb.DESCRIPTOR.services_by_name["Matcher"].full_name
 # time_remaining() above this many seconds means "no deadline" (sync servers).
 _NO_DEADLINE_S = 1e8
-# Trailers of a node's error that the caller should see too.
-_FORWARDED_TRAILERS = ("grpc-retry-pushback-ms",)
-# Node codes that describe the request, not the node: passed on unchanged.
-_REQUEST_CODES = frozenset(
-    {
-        grpc.StatusCode.INVALID_ARGUMENT,
-        grpc.StatusCode.NOT_FOUND,
-        grpc.StatusCode.FAILED_PRECONDITION,
-        grpc.StatusCode.ALREADY_EXISTS,
-        grpc.StatusCode.OUT_OF_RANGE,
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-        grpc.StatusCode.PERMISSION_DENIED,
-        grpc.StatusCode.UNAUTHENTICATED,
-    }
-)
-
-
-class ShardError(TunggalError):
-    """A node's failure, carried to the caller with the node's own status code."""
-
-    def __init__(
-        self,
-        node: Node,
-        code: grpc.StatusCode,
-        message: str,
-        trailers: tuple[tuple[str, str], ...] = (),
-    ) -> None:
-        super().__init__(message)
-        self.node = node
-        self.code = code
-        self.trailers = trailers
 
 
 def code_number(code: grpc.StatusCode) -> int:
     """The integer of a gRPC status code (what EnrollBatchItemResult.code holds)."""
     number: int = code.value[0]
     return number
-
-
-def shard_error(node: Node, exc: grpc.aio.AioRpcError) -> ShardError:
-    """Turn a failed call to `node` into the error the caller should see."""
-    code = exc.code()
-    details = exc.details() or code.name.lower()
-    if code in _REQUEST_CODES:
-        message = details
-    elif code == grpc.StatusCode.UNAVAILABLE:
-        message = f"shard {node} unavailable: {details}"
-    elif code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        message = f"shard {node} did not answer in time: {details}"
-    else:
-        message = f"shard {node} failed ({code.name}): {details}"
-    metadata: Any = exc.trailing_metadata() or ()  # grpc.aio.Metadata: (key, value) pairs
-    trailers = tuple(
-        (str(key), str(value)) for key, value in metadata if key in _FORWARDED_TRAILERS
-    )
-    return ShardError(node, code, message, trailers)
 
 
 class MatcherGateway(pb_grpc.MatcherServicer):
@@ -192,7 +143,7 @@ class MatcherGateway(pb_grpc.MatcherServicer):
 
     @staticmethod
     def _log_failure(method: str, exc: ShardError) -> None:
-        if exc.code in _REQUEST_CODES:
+        if exc.code in REQUEST_CODES:
             return
         _log.warning(
             "shard_call_failed",
@@ -322,7 +273,7 @@ class MatcherGateway(pb_grpc.MatcherServicer):
 
         async def ask(node: Node) -> pb.NodeSearchResponse | ShardError:
             try:
-                return await self._unary(node, self.pool[node].stub.Search, search, timeout)
+                return await self.pool[node].searches.search(search, timeout)
             except ShardError as exc:
                 self._log_failure("Search", exc)
                 return exc

@@ -188,7 +188,7 @@ class ExactMatrix:
 
     def rows(self, labels: Labels) -> FloatMatrix:
         """Copies of the rows at `labels` (float32 whatever the storage type)."""
-        out: FloatMatrix = self._data[labels].astype(np.float32)
+        out: FloatMatrix = self._data[labels].astype(np.float32, copy=False)
         return out
 
     def is_alive(self, labels: Labels) -> npt.NDArray[np.bool_]:

@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import os
 import threading
 import time
 from collections import deque
@@ -73,6 +74,16 @@ class EnrollResult:
     subject_id: str
     template_count: int
     replayed: bool = False
+
+
+@dataclass(frozen=True)
+class SearchQuery:
+    """One search: a normalised probe, how many subjects, the score floor, exact or HNSW."""
+
+    probe: FloatMatrix
+    k: int
+    min_score: float
+    exact: bool
 
 
 @dataclass(frozen=True)
@@ -321,20 +332,64 @@ class Gallery:
     # ---- reads -------------------------------------------------------------
 
     def search(self, probe: FloatMatrix, k: int, min_score: float, exact: bool) -> list[Match]:
-        """Top-k subjects for one normalised probe, best first.
+        """Top-k subjects for one normalised probe, best first (see `search_many`)."""
+        return self.search_many([SearchQuery(probe, k, min_score, exact)])[0]
 
-        An HNSW search whose best score lands in the ambiguity band just
-        below the verify threshold is re-checked by exact search: that is
-        where a missed mate would hide.
+    def search_many(self, queries: Sequence[SearchQuery]) -> list[list[Match]]:
+        """Top-k subjects for each query, best first, in query order.
+
+        The HNSW queries go to hnswlib as one batch (its own threads, no
+        GIL); their candidates are re-scored exactly and merged per subject.
+        A query whose candidates hold too few subjects is searched again
+        deeper on its own. An HNSW answer whose best score lands in the
+        ambiguity band just below the verify threshold is re-checked by
+        exact search: that is where a missed mate would hide.
         """
-        matches = self._search(probe, k, min_score, exact)
-        if not exact and self.settings.escalate_band > 0:
-            threshold = self.settings.verify_threshold
-            best = matches[0].score if matches else -1.0
-            if threshold - self.settings.escalate_band <= best < threshold:
+        results: list[list[Match] | None] = [None] * len(queries)
+        approx = [i for i, q in enumerate(queries) if not q.exact]
+        if approx:
+            with self._rw.shared():
+                answers = self._hnsw_batch([queries[i] for i in approx])
+            for i, answer in zip(approx, answers, strict=True):
+                results[i] = answer
+        out: list[list[Match]] = []
+        for query, result in zip(queries, results, strict=True):
+            matches = result
+            if matches is None:
+                matches = self._search(query.probe, query.k, query.min_score, query.exact)
+            if not query.exact and self._ambiguous(matches):
                 self._escalations += 1
-                return self._search(probe, k, min_score, True)
-        return matches
+                matches = self._search(query.probe, query.k, query.min_score, True)
+            out.append(matches)
+        return out
+
+    def _ambiguous(self, matches: list[Match]) -> bool:
+        band = self.settings.escalate_band
+        threshold = self.settings.verify_threshold
+        best = matches[0].score if matches else -1.0
+        return band > 0 and threshold - band <= best < threshold
+
+    def _hnsw_batch(self, queries: Sequence[SearchQuery]) -> list[list[Match] | None]:
+        """Under the shared lock: one hnswlib batch; None where it found too few subjects."""
+        alive = self._alive
+        if alive <= 0:
+            return [[] for _ in queries]
+        fetches = [min(alive, q.k * self.settings.fetch_factor) for q in queries]
+        beam = min(alive, max(max(fetches), self._ef))
+        probes = np.stack([q.probe for q in queries])
+        found = self._knn(probes, beam, self.settings.search_threads or os.cpu_count() or 1)
+        if found.shape[1] == 0:
+            return [None] * len(queries)
+        rows = self._matrix.rows(found.ravel()).reshape(*found.shape, self.dim)
+        all_scores = np.einsum("nkd,nd->nk", rows, probes)  # exact re-scoring
+        out: list[list[Match] | None] = []
+        for query, fetch, labels, scores in zip(queries, fetches, found, all_scores, strict=True):
+            order = np.argsort(-scores, kind="stable")[:fetch]
+            labels, scores = labels[order], scores[order]
+            matches = self._aggregate(labels, scores, query.min_score)
+            done = len(matches) >= query.k or fetch >= alive or scores[-1] < query.min_score
+            out.append(matches[: query.k] if done else None)
+        return out
 
     def _search(self, probe: FloatMatrix, k: int, min_score: float, exact: bool) -> list[Match]:
         with self._rw.shared():

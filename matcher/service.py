@@ -7,7 +7,7 @@ import threading
 
 import grpc
 
-from matcher.gallery import EnrollItem, Gallery
+from matcher.gallery import EnrollItem, Gallery, Match, SearchQuery
 from tunggal import templates as tpl
 from tunggal.errors import DeadlineExceeded, InvalidArgument, TunggalError, Unavailable
 from tunggal.rpc import sync_errors
@@ -148,23 +148,61 @@ class MatcherNodeService(pb_grpc.MatcherNodeServicer):
             templates_compared=compared,
         )
 
-    @sync_errors
-    def Search(
-        self, request: pb.NodeSearchRequest, context: grpc.ServicerContext
-    ) -> pb.NodeSearchResponse:
-        gallery = self._ready(context)
-        probe = tpl.decode_template(request.probe, self.settings.dim, "probe.template")
+    def _query(self, request: pb.NodeSearchRequest, field: str) -> SearchQuery:
+        """Validate a NodeSearchRequest (raises InvalidArgument)."""
+        probe = tpl.decode_template(request.probe, self.settings.dim, f"{field}probe.template")
         k = tpl.check_k(request.k, self.settings.max_k)
-        min_score = tpl.check_score(request.min_score, "min_score")
-        matches = gallery.search(probe, k, min_score, request.exact)
+        min_score = tpl.check_score(request.min_score, f"{field}min_score")
+        return SearchQuery(probe, k, min_score, request.exact)
+
+    def _response(
+        self, gallery: Gallery, query: SearchQuery, matches: list[Match]
+    ) -> pb.NodeSearchResponse:
         return pb.NodeSearchResponse(
             candidates=[
                 pb.Candidate(subject_id=m.subject_id, score=m.score, shard=self.settings.name)
                 for m in matches
             ],
             templates=gallery.live_templates,
-            ef=0 if request.exact else gallery.ef,
+            ef=0 if query.exact else gallery.ef,
         )
+
+    @sync_errors
+    def Search(
+        self, request: pb.NodeSearchRequest, context: grpc.ServicerContext
+    ) -> pb.NodeSearchResponse:
+        gallery = self._ready(context)
+        query = self._query(request, "")
+        return self._response(gallery, query, gallery.search_many([query])[0])
+
+    @sync_errors
+    def SearchBatch(
+        self, request: pb.NodeSearchBatchRequest, context: grpc.ServicerContext
+    ) -> pb.NodeSearchBatchResponse:
+        gallery = self._ready(context)
+        n = len(request.searches)
+        if n == 0:
+            raise InvalidArgument("searches is empty: send at least one search")
+        if n > self.settings.max_search_batch:
+            raise InvalidArgument(
+                f"searches has {n} searches, at most {self.settings.max_search_batch} per call"
+            )
+        results = [pb.NodeSearchBatchResult() for _ in range(n)]
+        queries: list[SearchQuery] = []
+        positions: list[int] = []
+        for pos, search in enumerate(request.searches):
+            try:
+                queries.append(self._query(search, f"searches[{pos}]."))
+                positions.append(pos)
+            except TunggalError as exc:
+                results[pos] = pb.NodeSearchBatchResult(code=exc.code.value[0], message=exc.message)
+        if queries:
+            found = gallery.search_many(queries)
+            for pos, query, matches in zip(positions, queries, found, strict=True):
+                results[pos] = pb.NodeSearchBatchResult(
+                    code=0, response=self._response(gallery, query, matches)
+                )
+        return pb.NodeSearchBatchResponse(results=results)
 
     @sync_errors
     def GetSubject(

@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -86,6 +87,8 @@ class FakeNode(pb_grpc.MatcherNodeServicer):
         self.fail: dict[str, tuple[grpc.StatusCode, str]] = {}
         self.trailers: tuple[tuple[str, str], ...] = ()
         self.calls: list[tuple[str, Any]] = []
+        self.batches: list[int] = []  # size of each SearchBatch received
+        self.fail_k: dict[int, tuple[grpc.StatusCode, str]] = {}  # searches with this k fail
 
     async def _maybe_fail(self, subject_id: str, context: Any) -> None:
         if subject_id in self.fail:
@@ -133,13 +136,31 @@ class FakeNode(pb_grpc.MatcherNodeServicer):
             templates_compared=3,
         )
 
-    async def Search(self, request: pb.NodeSearchRequest, context: Any) -> pb.NodeSearchResponse:
-        self.calls.append(("Search", request))
-        await asyncio.sleep(self.delay)
+    def _answer(self, request: pb.NodeSearchRequest) -> pb.NodeSearchResponse:
         rows = [(s, v) for s, v in self.candidates if v >= request.min_score][: request.k]
         return pb.NodeSearchResponse(
             candidates=[pb.Candidate(subject_id=s, score=v, shard=self.name) for s, v in rows]
         )
+
+    async def Search(self, request: pb.NodeSearchRequest, context: Any) -> pb.NodeSearchResponse:
+        self.calls.append(("Search", request))
+        await asyncio.sleep(self.delay)
+        return self._answer(request)
+
+    async def SearchBatch(
+        self, request: pb.NodeSearchBatchRequest, context: Any
+    ) -> pb.NodeSearchBatchResponse:
+        self.batches.append(len(request.searches))
+        self.calls.extend(("Search", search) for search in request.searches)
+        await asyncio.sleep(self.delay)
+        results = []
+        for search in request.searches:
+            if search.k in self.fail_k:
+                code, message = self.fail_k[search.k]
+                results.append(pb.NodeSearchBatchResult(code=code.value[0], message=message))
+            else:
+                results.append(pb.NodeSearchBatchResult(response=self._answer(search)))
+        return pb.NodeSearchBatchResponse(results=results)
 
     async def GetSubject(self, request: pb.GetSubjectRequest, context: Any) -> pb.Subject:
         self.calls.append(("GetSubject", request))
@@ -433,6 +454,57 @@ def test_identify_deadlines(make_cluster: Callable[..., Cluster]) -> None:
         code, details = status_of(lambda: client.identify(GOOD, k=5, timeout=1.0))
         assert code == grpc.StatusCode.DEADLINE_EXCEEDED
         assert "no shard answered" in details
+
+
+def test_identify_searches_are_batched_per_node(make_cluster: Callable[..., Cluster]) -> None:
+    cluster = make_cluster(live=["node-0", "node-1"], search_batch=4, search_batches_in_flight=1)
+    for name, fake in cluster.fakes.items():
+        fake.candidates = [(f"s-{name}", 0.9)]
+        fake.delay = 0.3
+    with cluster.client() as client, ThreadPoolExecutor(9) as pool:
+        results = list(pool.map(lambda _: client.identify(GOOD, k=3), range(9)))
+    for result in results:
+        assert [c.subject_id for c in result.candidates] == ["s-node-0", "s-node-1"]
+        assert not result.partial
+    for fake in cluster.fakes.values():
+        assert sum(fake.batches) == 9  # every search sent once
+        assert max(fake.batches) <= 4  # search_batch
+        assert len(fake.batches) < 9  # searches that waited went together
+
+
+def test_identify_batch_item_errors_keep_their_code(make_cluster: Callable[..., Cluster]) -> None:
+    cluster = make_cluster(live=["node-0", "node-1"])
+    for fake in cluster.fakes.values():
+        fake.candidates = [(f"s-{fake.name}", 0.5)]
+        fake.fail_k[7] = (grpc.StatusCode.INVALID_ARGUMENT, "searches[0].probe.template: bad")
+    cluster.fakes["node-1"].fail_k[8] = (grpc.StatusCode.UNAVAILABLE, "node-1 is loading")
+    with cluster.client() as client:
+        code, details = status_of(lambda: client.identify(GOOD, k=7))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
+        assert "probe.template" in details
+
+        result = client.identify(GOOD, k=8)
+        assert result.partial and result.failed_shards == ["node-1"]
+        assert [c.subject_id for c in result.candidates] == ["s-node-0"]
+
+
+def test_identify_queued_past_its_deadline_is_never_sent(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    cluster = make_cluster(live=["node-0"], search_batches_in_flight=1)
+    fake = cluster.fakes["node-0"]
+    fake.candidates = [("a", 0.9)]
+    fake.delay = 1.0
+    with cluster.client() as client, ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(client.identify, GOOD, k=5, timeout=5.0)
+        while not fake.batches:  # the slow search holds the node's only slot
+            time.sleep(0.01)
+        code, details = status_of(lambda: client.identify(GOOD, k=6, timeout=0.3))
+        assert code == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert "no shard answered" in details
+        assert [c.subject_id for c in slow.result().candidates] == ["a"]
+        assert client.identify(GOOD, k=4).candidates  # the slot is free again
+    assert sorted(call[1].k for call in fake.calls) == [4, 5]
 
 
 def test_subject_calls_go_to_the_owner(make_cluster: Callable[..., Cluster]) -> None:

@@ -185,6 +185,75 @@ def test_bad_input_is_rejected_and_changes_nothing(node_stub: pb_grpc.MatcherNod
     assert search(node_stub, MODEL.samples([0], 1)[0]).candidates[0].subject_id == subject_id(0)
 
 
+def test_search_batch_answers_like_single_searches(node_stub: pb_grpc.MatcherNodeStub) -> None:
+    enroll_range(node_stub, 0, 3000)
+    probes = MODEL.samples(range(40), 1)
+    searches = [
+        pb.NodeSearchRequest(
+            probe=encode_template(p),
+            k=1 + i % 7,
+            min_score=-1.0 if i % 3 else 0.2,
+            exact=i % 2 == 0,
+        )
+        for i, p in enumerate(probes)
+    ]
+    reply = node_stub.SearchBatch(pb.NodeSearchBatchRequest(searches=searches))
+    assert len(reply.results) == len(searches)
+    for i, (search_request, result) in enumerate(zip(searches, reply.results, strict=True)):
+        assert result.code == 0, result.message
+        got = result.response
+        assert got.templates == 3000
+        assert got.candidates[0].subject_id == subject_id(i)
+        assert len(got.candidates) <= search_request.k
+        assert all(c.score >= search_request.min_score for c in got.candidates)
+        exact = node_stub.Search(
+            pb.NodeSearchRequest(
+                probe=search_request.probe,
+                k=search_request.k,
+                min_score=search_request.min_score,
+                exact=True,
+            )
+        )
+        exact_scores = {c.subject_id: c.score for c in exact.candidates}
+        if search_request.exact:
+            assert got.ef == 0
+            assert [c.subject_id for c in got.candidates] == list(exact_scores)
+        for c in got.candidates:  # HNSW candidates carry their exact scores
+            if c.subject_id in exact_scores:
+                assert c.score == pytest.approx(exact_scores[c.subject_id], abs=1e-5)
+
+
+def test_search_batch_bad_input(node_stub: pb_grpc.MatcherNodeStub) -> None:
+    enroll_range(node_stub, 0, 50)
+    good = encode_template(MODEL.samples([3], 1)[0])
+    nan = np.ones(128, dtype=np.float32)
+    nan[1] = np.nan
+    err = _bad(node_stub, "SearchBatch", pb.NodeSearchBatchRequest())
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "searches is empty" in (err.details() or "")
+    many = [pb.NodeSearchRequest(probe=good, k=1, min_score=-1)] * 257
+    err = _bad(node_stub, "SearchBatch", pb.NodeSearchBatchRequest(searches=many))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "at most 256" in (err.details() or "")
+    reply = node_stub.SearchBatch(
+        pb.NodeSearchBatchRequest(
+            searches=[
+                pb.NodeSearchRequest(probe=good, k=3, min_score=-1),
+                pb.NodeSearchRequest(probe=encode_template(nan), k=3, min_score=-1),
+                pb.NodeSearchRequest(probe=good, k=0, min_score=-1),
+                pb.NodeSearchRequest(probe=good, k=3, min_score=float("nan")),
+            ]
+        )
+    )
+    invalid = grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert [r.code for r in reply.results] == [0, invalid, invalid, invalid]
+    assert reply.results[0].response.candidates[0].subject_id == subject_id(3)
+    assert reply.results[1].message.startswith("searches[1].probe.template")
+    assert "k is" in reply.results[2].message
+    assert reply.results[3].message.startswith("searches[3].min_score")
+    assert stats(node_stub).templates == 50
+
+
 def test_restart_keeps_everything(tmp_path: Path) -> None:
     node = NodeProcess(tmp_path / "n").start()
     probes = MODEL.samples(range(100), 1)

@@ -104,6 +104,10 @@ class NodeSettings(MatchingSettings):
     snapshots_kept: int = Field(2, ge=1, description="Snapshots kept on disk (newest first).")
     workers: int = Field(8, ge=1, description="gRPC worker threads.")
     index_threads: int = Field(2, ge=1, description="Threads hnswlib uses for batch inserts.")
+    search_threads: int = Field(
+        0, ge=0, description="Threads hnswlib uses for a SearchBatch; 0 = one per CPU core."
+    )
+    max_search_batch: int = Field(256, ge=1, description="Most searches in one SearchBatch.")
     request_ttl_s: float = Field(
         86_400.0, gt=0, description="How long an Enroll request_id is remembered."
     )
@@ -140,6 +144,16 @@ class GatewaySettings(MatchingSettings):
         description="HTTP/2 keepalive ping interval to nodes (nodes accept one per 10 s).",
     )
     grace_s: float = Field(10.0, ge=0, description="Drain time on SIGTERM before stopping.")
+    search_batch: int = Field(
+        32,
+        ge=1,
+        le=256,
+        description="Most Identify searches coalesced into one SearchBatch per node "
+        "(1 = one call per search).",
+    )
+    search_batches_in_flight: int = Field(
+        2, ge=1, description="SearchBatch calls in flight per node; later searches wait and join."
+    )
 
 
 def grpc_message_options(max_bytes: int) -> list[tuple[str, int]]:

@@ -709,6 +709,81 @@ class NodeSearchResponse(_message.Message):
 Global___NodeSearchResponse: _TypeAlias = NodeSearchResponse  # noqa: Y015
 
 @_typing.final
+class NodeSearchBatchRequest(_message.Message):
+    """Several searches in one call: the gateway coalesces the Identify calls
+    that arrive while earlier ones to this node are in flight.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEARCHES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def searches(self) -> _containers.RepeatedCompositeFieldContainer[Global___NodeSearchRequest]:
+        """1..max_batch searches; each is validated on its own."""
+
+    def __init__(
+        self,
+        *,
+        searches: _abc.Iterable[Global___NodeSearchRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["searches", b"searches"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NodeSearchBatchRequest: _TypeAlias = NodeSearchBatchRequest  # noqa: Y015
+
+@_typing.final
+class NodeSearchBatchResult(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    RESPONSE_FIELD_NUMBER: _builtins.int
+    code: _builtins.int
+    """gRPC status code of this search (0 = OK) and why it failed."""
+    message: _builtins.str
+    @_builtins.property
+    def response(self) -> Global___NodeSearchResponse: ...
+    def __init__(
+        self,
+        *,
+        code: _builtins.int = ...,
+        message: _builtins.str = ...,
+        response: Global___NodeSearchResponse | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["response", b"response"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "message", b"message", "response", b"response"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NodeSearchBatchResult: _TypeAlias = NodeSearchBatchResult  # noqa: Y015
+
+@_typing.final
+class NodeSearchBatchResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___NodeSearchBatchResult]:
+        """One result per search, in request order."""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___NodeSearchBatchResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NodeSearchBatchResponse: _TypeAlias = NodeSearchBatchResponse  # noqa: Y015
+
+@_typing.final
 class SnapshotRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -436,6 +436,11 @@ class MatcherNodeStub:
                 request_serializer=tunggal_dot_v1_dot_tunggal__pb2.NodeSearchRequest.SerializeToString,
                 response_deserializer=tunggal_dot_v1_dot_tunggal__pb2.NodeSearchResponse.FromString,
                 _registered_method=True)
+        self.SearchBatch = channel.unary_unary(
+                '/tunggal.v1.MatcherNode/SearchBatch',
+                request_serializer=tunggal_dot_v1_dot_tunggal__pb2.NodeSearchBatchRequest.SerializeToString,
+                response_deserializer=tunggal_dot_v1_dot_tunggal__pb2.NodeSearchBatchResponse.FromString,
+                _registered_method=True)
         self.GetSubject = channel.unary_unary(
                 '/tunggal.v1.MatcherNode/GetSubject',
                 request_serializer=tunggal_dot_v1_dot_tunggal__pb2.GetSubjectRequest.SerializeToString,
@@ -490,6 +495,16 @@ class MatcherNodeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SearchBatch(self, request, context):
+        """Top-k subjects of this shard for each of several probes, in one HNSW
+        batch (hnswlib's own threads). A bad search fails alone (its result's
+        code); INVALID_ARGUMENT for the whole call only when it is empty or
+        longer than max_search_batch.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetSubject(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -536,6 +551,11 @@ def add_MatcherNodeServicer_to_server(servicer, server):
                     servicer.Search,
                     request_deserializer=tunggal_dot_v1_dot_tunggal__pb2.NodeSearchRequest.FromString,
                     response_serializer=tunggal_dot_v1_dot_tunggal__pb2.NodeSearchResponse.SerializeToString,
+            ),
+            'SearchBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.SearchBatch,
+                    request_deserializer=tunggal_dot_v1_dot_tunggal__pb2.NodeSearchBatchRequest.FromString,
+                    response_serializer=tunggal_dot_v1_dot_tunggal__pb2.NodeSearchBatchResponse.SerializeToString,
             ),
             'GetSubject': grpc.unary_unary_rpc_method_handler(
                     servicer.GetSubject,
@@ -691,6 +711,33 @@ class MatcherNode:
             '/tunggal.v1.MatcherNode/Search',
             tunggal_dot_v1_dot_tunggal__pb2.NodeSearchRequest.SerializeToString,
             tunggal_dot_v1_dot_tunggal__pb2.NodeSearchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tunggal.v1.MatcherNode/SearchBatch',
+            tunggal_dot_v1_dot_tunggal__pb2.NodeSearchBatchRequest.SerializeToString,
+            tunggal_dot_v1_dot_tunggal__pb2.NodeSearchBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

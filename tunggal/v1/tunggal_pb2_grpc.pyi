@@ -286,6 +286,12 @@ class MatcherNodeStub:
     Verify: _grpc.UnaryUnaryMultiCallable[_tunggal_pb2.VerifyRequest, _tunggal_pb2.VerifyResponse]
     Search: _grpc.UnaryUnaryMultiCallable[_tunggal_pb2.NodeSearchRequest, _tunggal_pb2.NodeSearchResponse]
     """Top-k subjects of this shard for one probe."""
+    SearchBatch: _grpc.UnaryUnaryMultiCallable[_tunggal_pb2.NodeSearchBatchRequest, _tunggal_pb2.NodeSearchBatchResponse]
+    """Top-k subjects of this shard for each of several probes, in one HNSW
+    batch (hnswlib's own threads). A bad search fails alone (its result's
+    code); INVALID_ARGUMENT for the whole call only when it is empty or
+    longer than max_search_batch.
+    """
     GetSubject: _grpc.UnaryUnaryMultiCallable[_tunggal_pb2.GetSubjectRequest, _tunggal_pb2.Subject]
     Stats: _grpc.UnaryUnaryMultiCallable[_tunggal_pb2.StatsRequest, _tunggal_pb2.NodeStats]
     Snapshot: _grpc.UnaryUnaryMultiCallable[_tunggal_pb2.SnapshotRequest, _tunggal_pb2.SnapshotResponse]
@@ -305,6 +311,12 @@ class MatcherNodeAsyncStub(MatcherNodeStub):
     Verify: _aio.UnaryUnaryMultiCallable[_tunggal_pb2.VerifyRequest, _tunggal_pb2.VerifyResponse]  # type: ignore[assignment]
     Search: _aio.UnaryUnaryMultiCallable[_tunggal_pb2.NodeSearchRequest, _tunggal_pb2.NodeSearchResponse]  # type: ignore[assignment]
     """Top-k subjects of this shard for one probe."""
+    SearchBatch: _aio.UnaryUnaryMultiCallable[_tunggal_pb2.NodeSearchBatchRequest, _tunggal_pb2.NodeSearchBatchResponse]  # type: ignore[assignment]
+    """Top-k subjects of this shard for each of several probes, in one HNSW
+    batch (hnswlib's own threads). A bad search fails alone (its result's
+    code); INVALID_ARGUMENT for the whole call only when it is empty or
+    longer than max_search_batch.
+    """
     GetSubject: _aio.UnaryUnaryMultiCallable[_tunggal_pb2.GetSubjectRequest, _tunggal_pb2.Subject]  # type: ignore[assignment]
     Stats: _aio.UnaryUnaryMultiCallable[_tunggal_pb2.StatsRequest, _tunggal_pb2.NodeStats]  # type: ignore[assignment]
     Snapshot: _aio.UnaryUnaryMultiCallable[_tunggal_pb2.SnapshotRequest, _tunggal_pb2.SnapshotResponse]  # type: ignore[assignment]
@@ -351,6 +363,18 @@ class MatcherNodeServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_tunggal_pb2.NodeSearchResponse, _abc.Awaitable[_tunggal_pb2.NodeSearchResponse]]:
         """Top-k subjects of this shard for one probe."""
+
+    @_abc_1.abstractmethod
+    def SearchBatch(
+        self,
+        request: _tunggal_pb2.NodeSearchBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tunggal_pb2.NodeSearchBatchResponse, _abc.Awaitable[_tunggal_pb2.NodeSearchBatchResponse]]:
+        """Top-k subjects of this shard for each of several probes, in one HNSW
+        batch (hnswlib's own threads). A bad search fails alone (its result's
+        code); INVALID_ARGUMENT for the whole call only when it is empty or
+        longer than max_search_batch.
+        """
 
     @_abc_1.abstractmethod
     def GetSubject(
