@@ -10,7 +10,8 @@ sizes 1 and 256 for:
 * the ExactMatrix engine (onnxruntime, float32 and float16 storage),
 * numpy matmul + argpartition, blocked like the engine (the previous
   ExactMatrix.search), and the engine's speed-up over it,
-* hnswlib (M=16, ef_construction=200) at each ef, with its rank-1 mate hit
+* hnswlib (M=16, ef_construction=200) at each --efs and at the ef a node's
+  self-calibration picks for that index, with its rank-1 mate hit
   rate (probes are capture 1 of enrolled identities) next to exact's, and how
   often its top-1 equals exact's top-1;
 
@@ -35,6 +36,7 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
+from bench.reference import calibrated_ef
 from bench.report import BENCHMARKS, append, now
 from bench.report import machine as machine_line
 from matcher.exact import ExactMatrix, FloatMatrix, Labels, numpy_topk
@@ -109,6 +111,7 @@ class Case:
     exact_hit: float = 0.0
     hnsw: list[tuple[int, dict[int, float], float, float]] = field(default_factory=list)
     hnsw_build_s: float | None = None
+    calibrated_ef: int | None = None  # what a node's calibration picks for this index
 
 
 def generate(
@@ -163,6 +166,7 @@ def run_case(args: argparse.Namespace, size: int, dim: int, structure: float) ->
     assert np.array_equal(ref[:, 0], exact_top1[:64]), "engine disagrees with numpy"
 
     index: hnswlib.Index | None = None
+    efs: list[int] = []
     threads = args.threads or -1
     if size in args.hnsw_sizes:
         t0 = time.perf_counter()
@@ -171,7 +175,11 @@ def run_case(args: argparse.Namespace, size: int, dim: int, structure: float) ->
         index.add_items(gallery, labels, num_threads=threads)
         case.hnsw_build_s = time.perf_counter() - t0
         log(f"  hnswlib build {case.hnsw_build_s:.1f}s")
-        for ef in args.efs:
+        calibration = calibrated_ef(index, gallery, threads)
+        case.calibrated_ef = calibration.ef
+        log(f"  calibrated ef {calibration.ef} (hit rate {calibration.hit_rate:.4f})")
+        efs = sorted({*args.efs, calibration.ef})
+        for ef in efs:
 
             def approx(p: FloatMatrix, ix: hnswlib.Index = index, ef: int = max(ef, k)) -> object:
                 ix.set_ef(ef)
@@ -185,7 +193,7 @@ def run_case(args: argparse.Namespace, size: int, dim: int, structure: float) ->
             log(f"  {name:14s} batch {batch:4d}: {rate:10.1f} probes/s")
 
     if index is not None:
-        for ef in args.efs:
+        for ef in efs:
             index.set_ef(max(ef, k))
             found, _ = index.knn_query(probes, k=k, num_threads=threads)
             top1 = found[:, 0].astype(np.int64)
@@ -272,7 +280,8 @@ def report(args: argparse.Namespace, cases: list[Case]) -> str:
             "### hnswlib vs exact",
             "",
             "Rank-1 hit = top-1 is the probe's mate; exact's rank-1 hit is the ceiling."
-            " Ratio = hnswlib probes/s / onnx float32 probes/s.",
+            " Ratio = hnswlib probes/s / onnx float32 probes/s. The calibrated ef is the"
+            " one a node's self-calibration picks for the index (bench.reference).",
             "",
             "| gallery | dim | structure | build s | ef | "
             + " | ".join(f"p/s b{b} | ratio b{b}" for b in batches)
@@ -285,9 +294,10 @@ def report(args: argparse.Namespace, cases: list[Case]) -> str:
                     f"{rates[b]:,.1f} | {rates[b] / c.rates['onnx float32'][b]:.1f}x"
                     for b in batches
                 )
+                ef_cell = f"**{ef} (calibrated)**" if ef == c.calibrated_ef else str(ef)
                 lines.append(
                     f"| {c.size:,} | {c.dim} | {c.structure} | {c.hnsw_build_s:.0f} | "
-                    f"{ef} | {cells} | {hit:.4f} | {c.exact_hit:.4f} | {agree:.4f} |"
+                    f"{ef_cell} | {cells} | {hit:.4f} | {c.exact_hit:.4f} | {agree:.4f} |"
                 )
     skipped = [c for c in cases if not c.hnsw]
     if skipped:

@@ -36,8 +36,8 @@ import hnswlib
 import numpy as np
 import numpy.typing as npt
 
+from bench.reference import calibrated_ef, exact_top1
 from bench.report import append, machine, now, rss_bytes
-from matcher.calibration import DEFAULT_GRID, Calibration, choose_ef, make_probes
 from tunggal.client import NodeInfo, TunggalClient, bearer
 from tunggal.localcluster import LocalCluster, write_all_methods_tenants
 from tunggal.settings import NodeSettings
@@ -95,19 +95,6 @@ def run_load(call: Callable[[int], object], n: int, concurrency: int, runs: int)
     )
 
 
-def exact_top1(gallery: FloatMatrix, probes: FloatMatrix) -> npt.NDArray[np.int64]:
-    """Index of each probe's most similar gallery row, by exhaustive numpy search."""
-    best = np.full(len(probes), -np.inf, dtype=np.float32)
-    arg = np.zeros(len(probes), dtype=np.int64)
-    for lo in range(0, len(gallery), 100_000):
-        scores = probes @ gallery[lo : lo + 100_000].T
-        blk = scores.argmax(axis=1)
-        val = scores[np.arange(len(probes)), blk]
-        better = val > best
-        best[better], arg[better] = val[better], blk[better] + lo
-    return arg
-
-
 def settled_stats(client: TunggalClient, growth: float = 1.5) -> list[NodeInfo]:
     """Stats once every node has calibrated for (about) its current size."""
     while True:
@@ -144,30 +131,6 @@ def raw_index(
     index.save_index(str(path))
     meta_path.write_text(json.dumps({"build_s": build, "bytes_per_template": per_template}))
     return index, build, per_template
-
-
-def raw_calibrated_ef(index: hnswlib.Index, gallery: FloatMatrix) -> Calibration:
-    """The ef a node's calibration would pick for the whole gallery in one index:
-    same probes (gallery samples plus genuine-level noise), target and grid."""
-    d = NodeSettings()
-    rng = np.random.default_rng(7)
-    pick = rng.choice(len(gallery), size=min(d.calibration_probes, len(gallery)), replace=False)
-    probes = make_probes(gallery[pick], d.calibration_genuine, rng)
-    exact = exact_top1(gallery, probes)
-
-    def hnsw_top(ef: int) -> list[str]:
-        index.set_ef(ef)
-        labels, _ = index.knn_query(probes, k=1, num_threads=2)
-        return [str(label) for label in labels[:, 0]]
-
-    return choose_ef(
-        [str(i) for i in pick],
-        [str(i) for i in exact],
-        hnsw_top,
-        DEFAULT_GRID,
-        d.calibration_target,
-        len(gallery),
-    )
 
 
 def raw_loads(
@@ -271,7 +234,7 @@ def run_case(args: argparse.Namespace, name: str, tag: str, structure: float, n:
     )
     index, build, raw_bytes = raw_index(args, gallery, tag)
     log(f"{name}: raw hnswlib built in {build:.0f} s, {raw_bytes:.0f} B/template")
-    calibration = raw_calibrated_ef(index, gallery)
+    calibration = calibrated_ef(index, gallery, threads=2)
     case.rows["raw hnswlib calibrated the nodes' way, whole gallery: ef (hit rate)"] = (
         f"{calibration.ef} ({calibration.hit_rate:.4f})"
     )

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -139,11 +140,11 @@ async def abort_with_pushback(
     await context.abort(code, message)
 
 
-def _rejection(code: grpc.StatusCode, message: str) -> Handler:
+def _rejection(code: grpc.StatusCode, message: str, pushback_ms: int | None = None) -> Handler:
     """A handler that rejects the call without deserialising the request."""
 
     async def reject(request: Any, context: Context) -> NoReturn:
-        await abort_with_pushback(context, code, message)
+        await abort_with_pushback(context, code, message, pushback_ms)
 
     return grpc.unary_unary_rpc_method_handler(reject)
 
@@ -264,7 +265,14 @@ class AuthInterceptor(_ServerInterceptor):
 
 
 class QuotaInterceptor(_ServerInterceptor):
-    """Applies the tenant's quota of the method (after `AuthInterceptor`)."""
+    """Applies the tenant's quota of the method (after `AuthInterceptor`).
+
+    The decision is taken when the call arrives, before its request is read
+    or deserialised, so a rejection costs about what an unauthenticated call
+    does. An admitted call gives its concurrency slot back when its handler
+    ends, or when grpc.aio drops the handler unused (the caller went away
+    before sending its request).
+    """
 
     def __init__(self, quotas: QuotaBook) -> None:
         self._quotas = quotas
@@ -273,40 +281,45 @@ class QuotaInterceptor(_ServerInterceptor):
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
     ) -> Handler:
         state = _STATE.get()
-        handler = await continuation(handler_call_details)
-        if state is None or state.tenant is None or handler is None or not _is_unary(handler):
+        tenant = state.tenant if state is not None else None
+        spec = tenant.quota(state.method) if state is not None and tenant is not None else None
+        if state is None or tenant is None or spec is None:
+            return await continuation(handler_call_details)
+        admission = self._quotas.admit(tenant.id, state.method, spec)
+        hit = admission.rejection
+        if hit is not None:
+            state.reason = f"quota_{hit.quota}"
+            return _rejection(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"tenant {tenant.id}: {state.method} {hit.describe()}, "
+                f"retry in {hit.retry_after_ms} ms",
+                hit.retry_after_ms,
+            )
+        if admission.shadow:
+            state.shadow.extend(f"quota_{r.quota}" for r in admission.shadow)
+            _log.warning(
+                "quota_shadow_exceeded",
+                tenant=tenant.id,
+                method=state.method,
+                quotas=[r.describe() for r in admission.shadow],
+            )
+        try:
+            handler = await continuation(handler_call_details)
+        except BaseException:
+            admission.release()
+            raise
+        if handler is None or not _is_unary(handler):
+            admission.release()
             return handler
-        spec = state.tenant.quota(state.method)
-        if spec is None:
-            return handler
-        tenant = state.tenant
 
         def make(inner: Behaviour) -> Behaviour:
             async def behaviour(request: Any, context: Context) -> Any:
-                admission = self._quotas.admit(tenant.id, state.method, spec)
-                hit = admission.rejection
-                if hit is not None:
-                    state.reason = f"quota_{hit.quota}"
-                    await abort_with_pushback(
-                        context,
-                        grpc.StatusCode.RESOURCE_EXHAUSTED,
-                        f"tenant {tenant.id}: {state.method} {hit.describe()}, "
-                        f"retry in {hit.retry_after_ms} ms",
-                        hit.retry_after_ms,
-                    )
-                if admission.shadow:
-                    state.shadow.extend(f"quota_{r.quota}" for r in admission.shadow)
-                    _log.warning(
-                        "quota_shadow_exceeded",
-                        tenant=tenant.id,
-                        method=state.method,
-                        quotas=[r.describe() for r in admission.shadow],
-                    )
                 try:
                     return await inner(request, context)
                 finally:
                     admission.release()
 
+            weakref.finalize(behaviour, admission.release)  # never run: still released
             return behaviour
 
         return _wrap(handler, make)

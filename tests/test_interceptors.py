@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import io
 import json
 import os
@@ -12,6 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, TypeVar
 
 import grpc
@@ -21,10 +23,17 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 from prometheus_client import CollectorRegistry
 
-from gateway.interceptors import PUSHBACK_METADATA, build_interceptors
+from gateway.interceptors import (
+    _STATE,
+    PUSHBACK_METADATA,
+    CallState,
+    QuotaInterceptor,
+    build_interceptors,
+)
 from gateway.metrics import GatewayMetrics, start_metrics_server
 from gateway.overload import AdaptiveLimiter, OverloadSettings
-from gateway.tenants import TenantRegistry, hash_key
+from gateway.quota import QuotaBook
+from gateway.tenants import Tenant, TenantRegistry, hash_key
 from tunggal.v1 import tunggal_pb2 as pb
 from tunggal.v1 import tunggal_pb2_grpc as pbg
 
@@ -319,6 +328,42 @@ def test_concurrency_quota_rejects_while_a_call_is_in_flight(tmp_path: Path) -> 
         assert ("Verify", "s-2") not in gw.servicer.ran
 
     serve(tmp_path, scenario)
+
+
+def test_quota_slot_comes_back_when_the_handler_never_runs() -> None:
+    """grpc.aio drops an admitted call's handler unused when the caller goes
+    away before sending its request: the concurrency slot must come back."""
+    quotas = QuotaInterceptor(QuotaBook())
+    tenant = Tenant.model_validate(
+        {
+            "id": "narrow",
+            "api_key_sha256": [hash_key(KEYS["narrow"])],
+            "methods": ["Verify"],
+            "quotas": {"Verify": {"concurrency": 1}},
+        }
+    )
+    inner = grpc.unary_unary_rpc_method_handler(lambda request, context: request)
+    details = SimpleNamespace(method="/tunggal.v1.Matcher/Verify", invocation_metadata=())
+
+    async def continuation(_: Any) -> Any:
+        return inner
+
+    async def arrive() -> tuple[Any, CallState]:
+        state = CallState("Verify", tenant)
+        _STATE.set(state)  # this task's own context, as grpc.aio gives each call
+        return await quotas.intercept_service(continuation, details), state
+
+    async def scenario() -> None:
+        first, state = await asyncio.create_task(arrive())
+        assert state.reason is None and first is not inner  # admitted, wrapped
+        _, state = await asyncio.create_task(arrive())
+        assert state.reason == "quota_concurrency"  # the slot is held
+        del first  # never run
+        gc.collect()
+        _, state = await asyncio.create_task(arrive())
+        assert state.reason is None
+
+    run(scenario())
 
 
 def test_daily_quota(tmp_path: Path) -> None:
