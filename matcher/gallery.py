@@ -34,6 +34,7 @@ import structlog
 
 from matcher.calibration import DEFAULT_GRID, Calibration, choose_ef, make_probes
 from matcher.exact import ExactMatrix
+from matcher.memtrim import release_free_memory
 from matcher.rwlock import RWLock
 from matcher.snapshot import read_manifest, remove_leftovers, snapshots, write_snapshot
 from matcher.store import EnrollOp, Store
@@ -137,9 +138,8 @@ class Gallery:
         remove_leftovers(self.snapshot_dir)
         last_seq = self._store.last_seq()
         pruned = int(self._store.get_meta("pruned_through") or 0)
-        # 1. The truth: every stored template, into the matrix and owner list.
-        chunks = list(self._store.iter_templates())
-        high = max((int(c[0][-1]) + 1 for c in chunks), default=0)
+        # 1. How many slots the stored labels need.
+        high = self._store.label_bound()
         capacity = max(self.settings.initial_capacity, _grown(high))
         # 2. The newest good snapshot that the change log can bring up to date.
         index = None
@@ -156,30 +156,33 @@ class Gallery:
             self._snapshot_seq = manifest.seq
             _log.info("snapshot_loaded", path=str(path), seq=manifest.seq)
             break
+        # 3. The truth: every stored template, streamed into the matrix and
+        # owner list (one chunk in memory at a time).
         self._matrix = ExactMatrix(self.dim, capacity)
         self._owners = [None] * capacity
-        for labels, subjects, vectors in chunks:
+        live = np.zeros(capacity, dtype=bool)
+        for labels, subjects, vectors in self._store.iter_templates():
             self._matrix.set_rows(labels, vectors)
+            live[labels] = True
             for label, subject in zip(labels.tolist(), subjects, strict=True):
                 self._owners[label] = subject
-        self._alive = sum(len(c[0]) for c in chunks)
+        stored = np.nonzero(live)[0]
+        self._alive = len(stored)
         if index is None:
-            index = self._rebuild(chunks, capacity)
+            index = self._rebuild(stored, capacity)
         else:
             self._replay(index, self._store.changed_labels_since(self._snapshot_seq))
             in_index = np.zeros(capacity, dtype=bool)
             in_index[np.asarray(index.get_ids_list(), dtype=np.int64)] = True
-            if any(not in_index[c[0]].all() for c in chunks):
+            if not in_index[stored].all():
                 _log.warning("snapshot_inconsistent_rebuilding")
-                index = self._rebuild(chunks, capacity)
+                index = self._rebuild(stored, capacity)
         index.set_ef(_INDEX_EF_FLOOR)
         self._index = index
         self._next_label = high
-        live = np.zeros(capacity, dtype=bool)
-        for labels, _, _ in chunks:
-            live[labels] = True
         self._free = deque(np.nonzero(~live[:high])[0].tolist())
         self._changes_since_snapshot = max(0, last_seq - self._snapshot_seq)
+        release_free_memory()  # the load's chunks and the snapshot file's buffers
         _log.info(
             "gallery_loaded",
             templates=self._alive,
@@ -189,18 +192,15 @@ class Gallery:
             seconds=round(time.monotonic() - started, 3),
         )
 
-    def _rebuild(
-        self, chunks: list[tuple[Labels, list[str], FloatMatrix]], capacity: int
-    ) -> hnswlib.Index:
-        _log.info("index_rebuild", templates=sum(len(c[0]) for c in chunks))
+    def _rebuild(self, labels: Labels, capacity: int) -> hnswlib.Index:
+        """A new HNSW index over the matrix rows at `labels`."""
+        _log.info("index_rebuild", templates=len(labels))
         index = self._new_index(capacity)
-        for labels, _, vectors in chunks:
-            for start in range(0, len(labels), _BUILD_CHUNK):
-                index.add_items(
-                    vectors[start : start + _BUILD_CHUNK],
-                    labels[start : start + _BUILD_CHUNK],
-                    num_threads=self.settings.index_threads,
-                )
+        for start in range(0, len(labels), _BUILD_CHUNK):
+            chunk = labels[start : start + _BUILD_CHUNK]
+            index.add_items(
+                self._matrix.rows(chunk), chunk, num_threads=self.settings.index_threads
+            )
         self._snapshot_seq = 0
         return index
 
@@ -327,6 +327,7 @@ class Gallery:
             self._index.resize_index(capacity)
             self._matrix.grow(capacity)
             self._owners.extend([None] * (capacity - len(self._owners)))
+        release_free_memory()  # the index's and matrix's previous buffers
         _log.info("gallery_grown", capacity=capacity)
 
     # ---- reads -------------------------------------------------------------
@@ -582,10 +583,15 @@ class Gallery:
 
     def maintain(self) -> None:
         """Periodic work: snapshot and re-calibrate when due."""
+        worked = False
         if self.snapshot_due():
             self.snapshot()
+            worked = True
         if self.calibration_due():
             self.calibrate()
+            worked = True
+        if worked:
+            release_free_memory()  # their temporary buffers
 
     def snapshot_due(self) -> bool:
         """Whether enough changed, or enough time passed with changes, to snapshot."""

@@ -181,6 +181,11 @@ class Store:
         templates = conn.execute("SELECT COUNT(*) FROM templates").fetchone()[0]
         return int(subjects), int(templates)
 
+    def label_bound(self) -> int:
+        """One past the highest stored label (0 when empty)."""
+        row = self._reader().execute("SELECT MAX(label) FROM templates").fetchone()
+        return 0 if row[0] is None else int(row[0]) + 1
+
     def iter_templates(
         self, chunk: int = 50_000
     ) -> Iterator[tuple[Labels, list[str], FloatMatrix]]:
