@@ -10,7 +10,7 @@ sizes 1 and 256 for:
 * the ExactMatrix engine (onnxruntime, float32 and float16 storage),
 * numpy matmul + argpartition, blocked like the engine (the previous
   ExactMatrix.search), and the engine's speed-up over it,
-* hnswlib (M=16, ef_construction=200) at each --efs and at the ef a node's
+* hnswlib (a node's M and ef_construction) at each --efs and at the ef a node's
   self-calibration picks for that index, with its rank-1 mate hit
   rate (probes are capture 1 of enrolled identities) next to exact's, and how
   often its top-1 equals exact's top-1;
@@ -41,6 +41,7 @@ from bench.report import BENCHMARKS, append, now
 from bench.report import machine as machine_line
 from matcher.exact import ExactMatrix, FloatMatrix, Labels, numpy_topk
 from matcher.onnx_topk import resolve_providers
+from tunggal.settings import NodeSettings
 from tunggal.synthetic import FaceModel
 
 _GEN_CHUNK = 65_536
@@ -171,7 +172,12 @@ def run_case(args: argparse.Namespace, size: int, dim: int, structure: float) ->
     if size in args.hnsw_sizes:
         t0 = time.perf_counter()
         index = hnswlib.Index(space="ip", dim=dim)
-        index.init_index(max_elements=size, M=16, ef_construction=200, random_seed=1)
+        index.init_index(
+            max_elements=size,
+            M=NodeSettings().hnsw_m,
+            ef_construction=NodeSettings().ef_construction,
+            random_seed=1,
+        )
         index.add_items(gallery, labels, num_threads=threads)
         case.hnsw_build_s = time.perf_counter() - t0
         log(f"  hnswlib build {case.hnsw_build_s:.1f}s")
@@ -217,7 +223,8 @@ def machine() -> list[str]:
         f"- machine: {machine_line()}; {platform.platform()}",
         f"- onnxruntime {ort.__version__}: built with {', '.join(ort.get_available_providers())};"
         f" usable here: {', '.join(usable)}",
-        f"- numpy {np.__version__}, hnswlib (M=16, ef_construction=200)",
+        f"- numpy {np.__version__}, hnswlib (M={NodeSettings().hnsw_m}, "
+        f"ef_construction={NodeSettings().ef_construction})",
         "- load average (1/5/15 min) when written: "
         + " / ".join(f"{x:.2f}" for x in os.getloadavg())
         + " (other processes share this machine; compare ratios, not absolutes)",

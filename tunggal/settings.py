@@ -65,7 +65,13 @@ class NodeSettings(MatchingSettings):
     host: str = "127.0.0.1"
     port: int = Field(50052, ge=1, le=65535)
     data_dir: Path = Field(Path("data/node-0"), description="Where the node keeps its files.")
-    hnsw_m: int = Field(16, ge=4, le=128, description="HNSW graph degree M.")
+    hnsw_m: int = Field(
+        32,
+        ge=4,
+        le=128,
+        description="HNSW graph degree M (32: the calibrated ef meets the target at a "
+        "fraction of M=16's, docs/BENCHMARKS.md).",
+    )
     ef_construction: int = Field(200, ge=8, description="HNSW build beam width.")
     ef_search: int = Field(
         128, ge=8, description="HNSW search beam width until calibration picks one."
