@@ -340,19 +340,21 @@ class Gallery:
         """Top-k subjects for each query, best first, in query order.
 
         The HNSW queries go to hnswlib as one batch (its own threads, no
-        GIL); their candidates are re-scored exactly and merged per subject.
+        GIL), their candidates re-scored exactly; the exact ones go to the
+        exact engine as one batch. Candidates are merged per subject.
         A query whose candidates hold too few subjects is searched again
         deeper on its own. An HNSW answer whose best score lands in the
         ambiguity band just below the verify threshold is re-checked by
         exact search: that is where a missed mate would hide.
         """
         results: list[list[Match] | None] = [None] * len(queries)
-        approx = [i for i, q in enumerate(queries) if not q.exact]
-        if approx:
-            with self._rw.shared():
-                answers = self._hnsw_batch([queries[i] for i in approx])
-            for i, answer in zip(approx, answers, strict=True):
-                results[i] = answer
+        for exact, batch in ((False, self._hnsw_batch), (True, self._exact_batch)):
+            group = [i for i, q in enumerate(queries) if q.exact == exact]
+            if group:
+                with self._rw.shared():
+                    answers = batch([queries[i] for i in group])
+                for i, answer in zip(group, answers, strict=True):
+                    results[i] = answer
         out: list[list[Match]] = []
         for query, result in zip(queries, results, strict=True):
             matches = result
@@ -389,6 +391,27 @@ class Gallery:
             labels, scores = labels[order], scores[order]
             matches = self._aggregate(labels, scores, query.min_score)
             done = len(matches) >= query.k or fetch >= alive or scores[-1] < query.min_score
+            out.append(matches[: query.k] if done else None)
+        return out
+
+    def _exact_batch(self, queries: Sequence[SearchQuery]) -> list[list[Match] | None]:
+        """Under the shared lock: one exact-engine batch; None where too few subjects."""
+        alive = self._alive
+        if alive <= 0:
+            return [[] for _ in queries]
+        fetches = [min(alive, q.k * self.settings.fetch_factor) for q in queries]
+        probes = np.stack([q.probe for q in queries])
+        found, all_scores = self._matrix.search(probes, max(fetches))
+        out: list[list[Match] | None] = []
+        for query, fetch, labels, scores in zip(queries, fetches, found, all_scores, strict=True):
+            keep = labels >= 0
+            labels, scores = labels[keep][:fetch], scores[keep][:fetch]
+            matches = self._aggregate(labels, scores, query.min_score)
+            done = (
+                len(matches) >= query.k
+                or fetch >= alive
+                or (scores.size > 0 and scores[-1] < query.min_score)
+            )
             out.append(matches[: query.k] if done else None)
         return out
 
