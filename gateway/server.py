@@ -266,10 +266,56 @@ class MatcherGateway(pb_grpc.MatcherServicer):
         min_score = (
             check_score(request.min_score, "min_score") if request.HasField("min_score") else -1.0
         )
-        timeout = self._budget(context)
+        started = time.perf_counter()
         search = pb.NodeSearchRequest(
-            probe=request.probe.template, k=k, min_score=min_score, exact=request.exact
+            probe=request.probe.template,
+            k=k,
+            min_score=min_score,
+            exact=request.exact,
+            no_escalation=True,  # decided below, on the merged answer
         )
+        candidates, answered, failures = await self._search_all(
+            search, self._budget(context), request.require_all_shards
+        )
+        escalated = not request.exact and self._ambiguous(candidates)
+        if escalated:
+            # The best score over every shard is just under the threshold:
+            # that is where a mate HNSW missed would hide. Ask exactly.
+            search.exact = True
+            candidates, answered, failures = await self._search_all(
+                search, self._budget(context), request.require_all_shards
+            )
+        _log.debug(
+            "identify",
+            k=k,
+            exact=request.exact,
+            escalated=escalated,
+            candidates=len(candidates),
+            shards_answered=answered,
+            failed_shards=[f.node.name for f in failures],
+            ms=round((time.perf_counter() - started) * 1000, 2),
+        )
+        return pb.IdentifyResponse(
+            candidates=candidates,
+            shards_answered=answered,
+            shards_total=len(self.shard_map.nodes),
+            partial=bool(failures),
+            failed_shards=[f.node.name for f in failures],
+        )
+
+    def _ambiguous(self, candidates: Sequence[pb.Candidate]) -> bool:
+        band = self.settings.escalate_band
+        threshold = self.settings.verify_threshold
+        best = candidates[0].score if candidates else -1.0
+        return band > 0 and threshold - band <= best < threshold
+
+    async def _search_all(
+        self, search: pb.NodeSearchRequest, timeout: float, require_all: bool
+    ) -> tuple[list[pb.Candidate], int, list[ShardError]]:
+        """Ask every shard; (merged top-k, shards that answered, failures).
+
+        Raises when no shard answered, or one failed and `require_all` is set.
+        """
 
         async def ask(node: Node) -> pb.NodeSearchResponse | ShardError:
             try:
@@ -279,7 +325,6 @@ class MatcherGateway(pb_grpc.MatcherServicer):
                 return exc
 
         nodes = self.shard_map.nodes
-        started = time.perf_counter()
         outcomes = await asyncio.gather(*(ask(node) for node in nodes))
         answers: list[tuple[str, Sequence[pb.Candidate]]] = []
         failures: list[ShardError] = []
@@ -298,28 +343,12 @@ class MatcherGateway(pb_grpc.MatcherServicer):
                 if codes == {grpc.StatusCode.INVALID_ARGUMENT}:
                     raise failures[0]
                 raise Unavailable(f"no shard answered ({failed}): {detail}")
-            if request.require_all_shards:
+            if require_all:
                 raise Unavailable(
                     f"{len(failures)} of {len(nodes)} shards failed ({failed}) and "
                     f"require_all_shards is set: {detail}"
                 )
-        candidates = merge_candidates(answers, k, min_score)
-        _log.debug(
-            "identify",
-            k=k,
-            exact=request.exact,
-            candidates=len(candidates),
-            shards_answered=len(answers),
-            failed_shards=[f.node.name for f in failures],
-            ms=round((time.perf_counter() - started) * 1000, 2),
-        )
-        return pb.IdentifyResponse(
-            candidates=candidates,
-            shards_answered=len(answers),
-            shards_total=len(nodes),
-            partial=bool(failures),
-            failed_shards=[f.node.name for f in failures],
-        )
+        return merge_candidates(answers, search.k, search.min_score), len(answers), failures
 
     @async_errors
     async def Stats(self, request: pb.StatsRequest, context: Context) -> pb.StatsResponse:

@@ -85,6 +85,7 @@ class SearchQuery:
     k: int
     min_score: float
     exact: bool
+    escalate: bool = True  # re-check exactly when the HNSW answer is ambiguous
 
 
 @dataclass(frozen=True)
@@ -360,7 +361,7 @@ class Gallery:
             matches = result
             if matches is None:
                 matches = self._search(query.probe, query.k, query.min_score, query.exact)
-            if not query.exact and self._ambiguous(matches):
+            if not query.exact and query.escalate and self._ambiguous(matches):
                 self._escalations += 1
                 matches = self._search(query.probe, query.k, query.min_score, True)
             out.append(matches)

@@ -153,7 +153,7 @@ class MatcherNodeService(pb_grpc.MatcherNodeServicer):
         probe = tpl.decode_template(request.probe, self.settings.dim, f"{field}probe.template")
         k = tpl.check_k(request.k, self.settings.max_k)
         min_score = tpl.check_score(request.min_score, f"{field}min_score")
-        return SearchQuery(probe, k, min_score, request.exact)
+        return SearchQuery(probe, k, min_score, request.exact, not request.no_escalation)
 
     def _response(
         self, gallery: Gallery, query: SearchQuery, matches: list[Match]

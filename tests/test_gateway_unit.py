@@ -88,6 +88,7 @@ class FakeNode(pb_grpc.MatcherNodeServicer):
         self.trailers: tuple[tuple[str, str], ...] = ()
         self.calls: list[tuple[str, Any]] = []
         self.batches: list[int] = []  # size of each SearchBatch received
+        self.exact_candidates: list[tuple[str, float]] | None = None  # else `candidates`
         self.fail_k: dict[int, tuple[grpc.StatusCode, str]] = {}  # searches with this k fail
 
     async def _maybe_fail(self, subject_id: str, context: Any) -> None:
@@ -137,7 +138,10 @@ class FakeNode(pb_grpc.MatcherNodeServicer):
         )
 
     def _answer(self, request: pb.NodeSearchRequest) -> pb.NodeSearchResponse:
-        rows = [(s, v) for s, v in self.candidates if v >= request.min_score][: request.k]
+        pool = self.candidates
+        if request.exact and self.exact_candidates is not None:
+            pool = self.exact_candidates
+        rows = [(s, v) for s, v in pool if v >= request.min_score][: request.k]
         return pb.NodeSearchResponse(
             candidates=[pb.Candidate(subject_id=s, score=v, shard=self.name) for s, v in rows]
         )
@@ -505,6 +509,34 @@ def test_identify_queued_past_its_deadline_is_never_sent(
         assert [c.subject_id for c in slow.result().candidates] == ["a"]
         assert client.identify(GOOD, k=4).candidates  # the slot is free again
     assert sorted(call[1].k for call in fake.calls) == [4, 5]
+
+
+def test_identify_escalates_to_exact_on_the_merged_answer(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    cluster = make_cluster(live=["node-0", "node-1"])  # verify threshold 0.5, band 0.05
+    n0, n1 = cluster.fakes["node-0"], cluster.fakes["node-1"]
+    with cluster.client() as client:
+        # One shard's best (an impostor) is in the band, the other holds a clear
+        # match: no escalation, and the nodes were told not to escalate alone.
+        n0.candidates, n1.candidates = [("imp", 0.47)], [("mate", 0.72)]
+        result = client.identify(GOOD, k=2)
+        assert [c.subject_id for c in result.candidates] == ["mate", "imp"]
+        assert all(call[1].no_escalation and not call[1].exact for call in n0.calls)
+
+        # The merged best is in the band: every shard is asked again, exactly.
+        n1.candidates = [("other", 0.46)]
+        n1.exact_candidates = [("missed-mate", 0.66)]
+        result = client.identify(GOOD, k=2)
+        assert [c.subject_id for c in result.candidates] == ["missed-mate", "imp"]
+        assert [call[1].exact for call in n0.calls[-2:]] == [False, True]
+
+        # Below the band (a clear non-match) or above the threshold: no escalation.
+        for best in (0.3, 0.8):
+            n0.calls.clear()
+            n0.candidates, n1.candidates = [("x", best)], [("y", best - 0.1)]
+            client.identify(GOOD, k=2)
+            assert [call[1].exact for call in n0.calls] == [False]
 
 
 def test_subject_calls_go_to_the_owner(make_cluster: Callable[..., Cluster]) -> None:

@@ -150,6 +150,13 @@ class GatewaySettings(MatchingSettings):
         description="HTTP/2 keepalive ping interval to nodes (nodes accept one per 10 s).",
     )
     grace_s: float = Field(10.0, ge=0, description="Drain time on SIGTERM before stopping.")
+    escalate_band: float = Field(
+        0.05,
+        ge=0,
+        lt=2,
+        description="Identify re-asks every shard exactly when the best merged HNSW score is "
+        "within this much below verify_threshold (0 = never).",
+    )
     search_batch: int = Field(
         32,
         ge=1,

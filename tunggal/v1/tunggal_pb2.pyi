@@ -659,9 +659,17 @@ class NodeSearchRequest(_message.Message):
     K_FIELD_NUMBER: _builtins.int
     MIN_SCORE_FIELD_NUMBER: _builtins.int
     EXACT_FIELD_NUMBER: _builtins.int
+    NO_ESCALATION_FIELD_NUMBER: _builtins.int
     k: _builtins.int
     min_score: _builtins.float
     exact: _builtins.bool
+    no_escalation: _builtins.bool
+    """The node re-checks an HNSW answer exactly when its own best score lands
+    in the ambiguity band below the verify threshold, unless this is set.
+    The gateway sets it and decides on the merged answer instead: one
+    shard's best impostor often lands in the band while another shard
+    holds the mate far above it.
+    """
     @_builtins.property
     def probe(self) -> Global___Template: ...
     def __init__(
@@ -671,10 +679,11 @@ class NodeSearchRequest(_message.Message):
         k: _builtins.int = ...,
         min_score: _builtins.float = ...,
         exact: _builtins.bool = ...,
+        no_escalation: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["probe", b"probe"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["exact", b"exact", "k", b"k", "min_score", b"min_score", "probe", b"probe"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["exact", b"exact", "k", b"k", "min_score", b"min_score", "no_escalation", b"no_escalation", "probe", b"probe"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
