@@ -281,9 +281,11 @@ class MatcherGateway(pb_grpc.MatcherServicer):
         if escalated:
             # The best score over every shard is just under the threshold:
             # that is where a mate HNSW missed would hide. Ask exactly.
-            search.exact = True
+            exact = pb.NodeSearchRequest()
+            exact.CopyFrom(search)  # the first may still sit in a batcher's queue
+            exact.exact = True
             candidates, answered, failures = await self._search_all(
-                search, self._budget(context), request.require_all_shards
+                exact, self._budget(context), request.require_all_shards
             )
         _log.debug(
             "identify",
