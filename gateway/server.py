@@ -68,6 +68,7 @@ from tunggal.templates import (
     check_threshold,
     decode_probe,
     decode_templates,
+    in_escalation_band,
 )
 from tunggal.v1 import tunggal_pb2 as pb
 from tunggal.v1 import tunggal_pb2_grpc as pb_grpc
@@ -306,10 +307,8 @@ class MatcherGateway(pb_grpc.MatcherServicer):
         )
 
     def _ambiguous(self, candidates: Sequence[pb.Candidate]) -> bool:
-        band = self.settings.escalate_band
-        threshold = self.settings.verify_threshold
-        best = candidates[0].score if candidates else -1.0
-        return band > 0 and threshold - band <= best < threshold
+        best = candidates[0].score if candidates else None
+        return in_escalation_band(best, self.settings.verify_threshold, self.settings.escalate_band)
 
     async def _search_all(
         self, search: pb.NodeSearchRequest, timeout: float, require_all: bool

@@ -40,6 +40,7 @@ from matcher.snapshot import read_manifest, remove_leftovers, snapshots, write_s
 from matcher.store import EnrollOp, Store
 from tunggal.errors import FailedPrecondition, NotFound
 from tunggal.settings import NodeSettings
+from tunggal.templates import in_escalation_band
 
 FloatMatrix = npt.NDArray[np.float32]
 Labels = npt.NDArray[np.int64]
@@ -360,18 +361,16 @@ class Gallery:
         for query, result in zip(queries, results, strict=True):
             matches = result
             if matches is None:
-                matches = self._search(query.probe, query.k, query.min_score, query.exact)
-            if not query.exact and query.escalate and self._ambiguous(matches):
+                matches = self._search(query)
+            best = matches[0].score if matches else None
+            if not query.exact and query.escalate and self._ambiguous(best):
                 self._escalations += 1
-                matches = self._search(query.probe, query.k, query.min_score, True)
+                matches = self._search(dataclasses.replace(query, exact=True))
             out.append(matches)
         return out
 
-    def _ambiguous(self, matches: list[Match]) -> bool:
-        band = self.settings.escalate_band
-        threshold = self.settings.verify_threshold
-        best = matches[0].score if matches else -1.0
-        return band > 0 and threshold - band <= best < threshold
+    def _ambiguous(self, best: float | None) -> bool:
+        return in_escalation_band(best, self.settings.verify_threshold, self.settings.escalate_band)
 
     def _hnsw_batch(self, queries: Sequence[SearchQuery]) -> list[list[Match] | None]:
         """Under the shared lock: one hnswlib batch; None where it found too few subjects."""
@@ -390,9 +389,7 @@ class Gallery:
         for query, fetch, labels, scores in zip(queries, fetches, found, all_scores, strict=True):
             order = np.argsort(-scores, kind="stable")[:fetch]
             labels, scores = labels[order], scores[order]
-            matches = self._aggregate(labels, scores, query.min_score)
-            done = len(matches) >= query.k or fetch >= alive or scores[-1] < query.min_score
-            out.append(matches[: query.k] if done else None)
+            out.append(self._top(labels, scores, query, fetch, alive))
         return out
 
     def _exact_batch(self, queries: Sequence[SearchQuery]) -> list[list[Match] | None]:
@@ -406,27 +403,34 @@ class Gallery:
         out: list[list[Match] | None] = []
         for query, fetch, labels, scores in zip(queries, fetches, found, all_scores, strict=True):
             keep = labels >= 0
-            labels, scores = labels[keep][:fetch], scores[keep][:fetch]
-            matches = self._aggregate(labels, scores, query.min_score)
-            done = (
-                len(matches) >= query.k
-                or fetch >= alive
-                or (scores.size > 0 and scores[-1] < query.min_score)
-            )
-            out.append(matches[: query.k] if done else None)
+            out.append(self._top(labels[keep][:fetch], scores[keep][:fetch], query, fetch, alive))
         return out
 
-    def _search(self, probe: FloatMatrix, k: int, min_score: float, exact: bool) -> list[Match]:
+    def _top(
+        self, labels: Labels, scores: FloatMatrix, query: SearchQuery, fetch: int, alive: int
+    ) -> list[Match] | None:
+        """The query's top-k subjects from `fetch` candidates, or None when a deeper
+        fetch could still find more of them."""
+        matches = self._aggregate(labels, scores, query.min_score)
+        done = (
+            len(matches) >= query.k
+            or fetch >= alive
+            or (scores.size > 0 and scores[-1] < query.min_score)
+        )
+        return matches[: query.k] if done else None
+
+    def _search(self, query: SearchQuery) -> list[Match]:
+        """One query, fetching deeper until `_top` is satisfied."""
         with self._rw.shared():
             alive = self._alive
             if alive <= 0:
                 return []
-            fetch = min(alive, k * self.settings.fetch_factor)
+            fetch = min(alive, query.k * self.settings.fetch_factor)
             while True:
-                labels, scores = self._candidates(probe, fetch, exact)
-                matches = self._aggregate(labels, scores, min_score)
-                if len(matches) >= k or fetch >= alive or (scores.size and scores[-1] < min_score):
-                    return matches[:k]
+                labels, scores = self._candidates(query.probe, fetch, query.exact)
+                matches = self._top(labels, scores, query, fetch, alive)
+                if matches is not None:
+                    return matches
                 fetch = min(alive, fetch * 2)
 
     def _candidates(

@@ -41,6 +41,15 @@ def to_item(request: pb.EnrollRequest, settings: NodeSettings, field: str) -> En
     )
 
 
+def _batch_size(n: int, limit: int, field: str, one: str, many: str) -> int:
+    """`n` if a batch of that many is allowed, else raise InvalidArgument naming `field`."""
+    if n == 0:
+        raise InvalidArgument(f"{field} is empty: send at least one {one}")
+    if n > limit:
+        raise InvalidArgument(f"{field} has {n} {many}, at most {limit} per call")
+    return n
+
+
 class MatcherNodeService(pb_grpc.MatcherNodeServicer):
     """Serves one shard. Answers UNAVAILABLE until `attach` gives it a gallery."""
 
@@ -85,13 +94,13 @@ class MatcherNodeService(pb_grpc.MatcherNodeServicer):
         self, request: pb.EnrollBatchRequest, context: grpc.ServicerContext
     ) -> pb.EnrollBatchResponse:
         gallery = self._ready(context)
-        n = len(request.items)
-        if n == 0:
-            raise InvalidArgument("items is empty: send at least one enrollment")
-        if n > self.settings.max_batch_subjects:
-            raise InvalidArgument(
-                f"items has {n} enrollments, at most {self.settings.max_batch_subjects} per call"
-            )
+        n = _batch_size(
+            len(request.items),
+            self.settings.max_batch_subjects,
+            "items",
+            "enrollment",
+            "enrollments",
+        )
         results: list[pb.EnrollBatchItemResult] = [pb.EnrollBatchItemResult() for _ in range(n)]
         items: list[EnrollItem] = []
         positions: list[int] = []
@@ -180,13 +189,9 @@ class MatcherNodeService(pb_grpc.MatcherNodeServicer):
         self, request: pb.NodeSearchBatchRequest, context: grpc.ServicerContext
     ) -> pb.NodeSearchBatchResponse:
         gallery = self._ready(context)
-        n = len(request.searches)
-        if n == 0:
-            raise InvalidArgument("searches is empty: send at least one search")
-        if n > self.settings.max_search_batch:
-            raise InvalidArgument(
-                f"searches has {n} searches, at most {self.settings.max_search_batch} per call"
-            )
+        n = _batch_size(
+            len(request.searches), self.settings.max_search_batch, "searches", "search", "searches"
+        )
         results = [pb.NodeSearchBatchResult() for _ in range(n)]
         queries: list[SearchQuery] = []
         positions: list[int] = []

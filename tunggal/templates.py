@@ -120,6 +120,12 @@ def check_threshold(value: float) -> float:
     return threshold
 
 
+def in_escalation_band(best: float | None, threshold: float, band: float) -> bool:
+    """Whether a best HNSW score (None: nothing found) lies in the ambiguity band
+    just below the verify threshold, where a mate HNSW missed would hide."""
+    return band > 0 and best is not None and threshold - band <= best < threshold
+
+
 def check_mode(mode: int) -> int:
     """Return an explicit EnrollMode, else raise InvalidArgument."""
     if mode not in (pb.ENROLL_MODE_APPEND, pb.ENROLL_MODE_REPLACE):
