@@ -27,16 +27,18 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import hnswlib
 import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
-from bench.reference import calibrated_ef
+from bench.reference import calibrated_ef, raw_hnsw
 from bench.report import BENCHMARKS, append, now
 from bench.report import machine as machine_line
 from matcher.exact import ExactMatrix, FloatMatrix, Labels, numpy_topk
@@ -170,16 +172,8 @@ def run_case(args: argparse.Namespace, size: int, dim: int, structure: float) ->
     efs: list[int] = []
     threads = args.threads or -1
     if size in args.hnsw_sizes:
-        t0 = time.perf_counter()
-        index = hnswlib.Index(space="ip", dim=dim)
-        index.init_index(
-            max_elements=size,
-            M=NodeSettings().hnsw_m,
-            ef_construction=NodeSettings().ef_construction,
-            random_seed=1,
-        )
-        index.add_items(gallery, labels, num_threads=threads)
-        case.hnsw_build_s = time.perf_counter() - t0
+        cache = Path(args.cache) if args.cache else None
+        index, case.hnsw_build_s, _ = raw_hnsw(gallery, structure, cache, threads, log)
         log(f"  hnswlib build {case.hnsw_build_s:.1f}s")
         calibration = calibrated_ef(index, gallery, threads)
         case.calibrated_ef = calibration.ef
@@ -342,6 +336,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--block-rows", type=int, default=65_536)
     p.add_argument("--threads", type=int, default=0, help="0: library defaults")
     p.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md")
+    p.add_argument(
+        "--cache",
+        default=str(Path(tempfile.gettempdir()) / "tunggal-bench-cache"),
+        help="where built hnswlib indexes are kept and reused (shared with bench.identify;"
+        " build s is then the first build's); '' to always build",
+    )
     args = p.parse_args(argv)
     if args.hnsw_sizes is None:
         args.hnsw_sizes = list(args.sizes)

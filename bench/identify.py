@@ -13,7 +13,9 @@ case) it:
   4. builds (or loads from --cache) raw hnswlib over the whole gallery in this
      process with the nodes' M and ef_construction, and runs the same queries
      with the same client threads at the nodes' ef and at the ef the nodes'
-     calibration picks for the single index (equal accuracy).
+     calibration picks for the single index (equal accuracy), taking turns
+     with the gateway within each of --runs rounds (the cluster stays up and
+     idle meanwhile); gateway/raw QPS is the median of the rounds' ratios.
 Results are printed and appended to docs/BENCHMARKS.md.
 """
 
@@ -21,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import secrets
 import statistics
 import tempfile
@@ -36,14 +37,16 @@ import hnswlib
 import numpy as np
 import numpy.typing as npt
 
-from bench.reference import calibrated_ef, exact_top1
-from bench.report import append, machine, now, rss_bytes
+from bench.reference import calibrated_ef, exact_topk, raw_hnsw, recall_at
+from bench.report import append, machine, now
 from tunggal.client import NodeInfo, TunggalClient, bearer
 from tunggal.localcluster import LocalCluster, write_all_methods_tenants
 from tunggal.settings import NodeSettings
-from tunggal.synthetic import FaceModel, subject_id
+from tunggal.synthetic import FaceModel, identity_of, subject_id
 
 FloatMatrix = npt.NDArray[np.float32]
+
+_K = 10  # Identify k, and the k of recall@k
 
 
 def log(msg: str) -> None:
@@ -104,51 +107,51 @@ def settled_stats(client: TunggalClient, growth: float = 1.5) -> list[NodeInfo]:
         time.sleep(1.0)
 
 
-def raw_index(
-    args: argparse.Namespace, gallery: FloatMatrix, tag: str
-) -> tuple[hnswlib.Index, float, float]:
-    """Raw hnswlib over `gallery` with a node's M and ef_construction:
-    (index, build seconds, RSS bytes per template). Cached under --cache,
-    since building 1M templates takes most of an hour on 2 cores."""
-    d = NodeSettings()
-    n = len(gallery)
-    name = f"raw-{tag}-{n}-d{args.dim}-M{d.hnsw_m}-efc{d.ef_construction}"
-    path, meta_path = Path(args.cache) / f"{name}.bin", Path(args.cache) / f"{name}.json"
-    index = hnswlib.Index(space="cosine", dim=args.dim)
-    if path.exists() and meta_path.exists():
-        index.load_index(str(path), max_elements=n)
-        meta = json.loads(meta_path.read_text())
-        log(f"raw hnswlib loaded from {path}")
-        return index, float(meta["build_s"]), float(meta["bytes_per_template"])
-    gc.collect()
-    rss0 = rss_bytes()
-    index.init_index(n, ef_construction=d.ef_construction, M=d.hnsw_m)
-    t0 = time.perf_counter()
-    index.add_items(gallery, np.arange(n), num_threads=2)
-    build = time.perf_counter() - t0
-    per_template = (rss_bytes() - rss0) / n
-    path.parent.mkdir(parents=True, exist_ok=True)
-    index.save_index(str(path))
-    meta_path.write_text(json.dumps({"build_s": build, "bytes_per_template": per_template}))
-    return index, build, per_template
+def median_load(loads: list[Load]) -> Load:
+    """Per-figure medians of several runs."""
+    return Load(
+        statistics.median(r.qps for r in loads),
+        statistics.median(r.p50_ms for r in loads),
+        statistics.median(r.p99_ms for r in loads),
+    )
 
 
-def raw_loads(
-    args: argparse.Namespace, index: hnswlib.Index, probes: FloatMatrix, ef: int
-) -> tuple[npt.NDArray[np.int64], dict[int, Load]]:
-    """Rank-1 labels and load figures of raw hnswlib at `ef`."""
+def raw_topk(index: hnswlib.Index, probes: FloatMatrix, ef: int) -> npt.NDArray[np.int64]:
+    """Top-_K labels of raw hnswlib at `ef`, best first."""
     index.set_ef(ef)
-    top = np.array([index.knn_query(p, k=1, num_threads=1)[0][0, 0] for p in probes])
-    loads = {
-        c: run_load(
-            lambda i: index.knn_query(probes[i], k=10, num_threads=1), len(probes), c, args.runs
-        )
-        for c in args.concurrency
-    }
-    return top, loads
+    labels, _ = index.knn_query(probes, k=_K, num_threads=2)
+    return np.asarray(labels, dtype=np.int64)
 
 
-def run_case(args: argparse.Namespace, name: str, tag: str, structure: float, n: int) -> Case:
+def gateway_topk(client: TunggalClient, probes: FloatMatrix) -> npt.NDArray[np.int64]:
+    """Top-_K gallery rows (identity numbers) through the gateway; -1 pads short answers."""
+    out = np.full((len(probes), _K), -1, dtype=np.int64)
+    for row, probe in enumerate(probes):
+        for col, cand in enumerate(client.identify(probe, k=_K).candidates):
+            out[row, col] = identity_of(cand.subject_id)
+    return out
+
+
+def interleaved_loads(
+    args: argparse.Namespace,
+    targets: dict[str, tuple[Callable[[], None], Callable[[int], object]]],
+    n: int,
+) -> dict[str, dict[int, list[Load]]]:
+    """Each target's load at each concurrency, --runs rounds, the targets
+    taking turns within a round (so a drift of this shared machine's load hits
+    all of them alike and ratios are taken within a round). A target is
+    (prepare, call): prepare() runs before its turn, e.g. to set hnswlib's ef."""
+    out: dict[str, dict[int, list[Load]]] = {name: {} for name in targets}
+    for r in range(args.runs):
+        for c in args.concurrency:
+            for name, (prepare, call) in targets.items():
+                prepare()
+                out[name].setdefault(c, []).append(run_load(call, n, c, 1))
+                log(f"  round {r + 1} c={c} {name}: {out[name][c][-1].qps:,.0f} QPS")
+    return out
+
+
+def run_case(args: argparse.Namespace, name: str, structure: float, n: int) -> Case:
     case = Case(name, n)
     model = FaceModel(dim=args.dim, structure=structure)
     log(f"{name}: generating {n:,} templates (dim {args.dim})")
@@ -158,7 +161,8 @@ def run_case(args: argparse.Namespace, name: str, tag: str, structure: float, n:
     rng = np.random.default_rng(1)
     probe_ids = rng.choice(n, size=args.queries, replace=False)
     probes = model.samples(probe_ids, 1)
-    truth = exact_top1(gallery, probes)
+    truth_k = exact_topk(gallery, probes, _K)
+    truth = truth_k[:, 0]
     exact_hits = int((truth == probe_ids).sum())
     case.rows["exact numpy rank-1 mate hits"] = f"{exact_hits}/{len(probes)}"
 
@@ -195,15 +199,36 @@ def run_case(args: argparse.Namespace, name: str, tag: str, structure: float, n:
                     list(pool.map(enroll, range(0, n, 1000)))
                 enroll_rate = n / (time.perf_counter() - t0)
                 stats = settled_stats(client)
-                got = [client.identify(p, k=10).candidates[0].subject_id for p in probes]
-                hits = sum(g == subject_id(int(i)) for g, i in zip(got, probe_ids, strict=True))
-                log(f"{name}: identify/verify load")
-                ident = {
-                    c: run_load(
-                        lambda i: client.identify(probes[i], k=10), len(probes), c, args.runs
+                gateway_k = gateway_topk(client, probes)
+                hits = int((gateway_k[:, 0] == probe_ids).sum())
+                node_ef = max(s.ef_search for s in stats)
+                index, build, raw_bytes = raw_hnsw(
+                    gallery, structure, Path(args.cache), threads=2, log=log
+                )
+                log(f"{name}: raw hnswlib built in {build:.0f} s, {raw_bytes:.0f} B/template")
+                calibration = calibrated_ef(index, gallery, threads=2)
+                raw_efs = {f"raw hnswlib at the nodes' ef {node_ef}": node_ef}
+                if calibration.ef != node_ef:
+                    raw_efs[f"raw hnswlib at its calibrated ef {calibration.ef}"] = calibration.ef
+                tops = {ref: raw_topk(index, probes, ef) for ref, ef in raw_efs.items()}
+
+                def raw_target(
+                    ix: hnswlib.Index, ef: int
+                ) -> tuple[Callable[[], None], Callable[[int], object]]:
+                    return (
+                        lambda: ix.set_ef(ef),
+                        lambda i: ix.knn_query(probes[i], k=_K, num_threads=1),
                     )
-                    for c in args.concurrency
+
+                log(f"{name}: identify load, gateway and raw hnswlib taking turns")
+                targets = {
+                    "gateway": (lambda: None, lambda i: client.identify(probes[i], k=_K)),
+                    **{ref: raw_target(index, ef) for ref, ef in raw_efs.items()},
                 }
+                loads = interleaved_loads(args, targets, len(probes))
+                del index, targets
+                gc.collect()
+                log(f"{name}: verify load")
                 ver = run_load(
                     lambda i: client.verify(subject_id(int(probe_ids[i])), probes[i]),
                     len(probes),
@@ -228,41 +253,40 @@ def run_case(args: argparse.Namespace, name: str, tag: str, structure: float, n:
     # The matrix is allocated for its capacity, but only rows in use are resident.
     matrix_bytes = sum(s.matrix_bytes / max(s.capacity, 1) * s.templates for s in rest)
 
-    node_ef = max(s.ef_search for s in stats)
     case.rows["nodes' calibrated ef (measured hit rate vs exact)"] = ", ".join(
         f"{s.name}: {s.ef_search} ({s.calibration_hit_rate:.4f})" for s in stats
     )
-    index, build, raw_bytes = raw_index(args, gallery, tag)
-    log(f"{name}: raw hnswlib built in {build:.0f} s, {raw_bytes:.0f} B/template")
-    calibration = calibrated_ef(index, gallery, threads=2)
     case.rows["raw hnswlib calibrated the nodes' way, whole gallery: ef (hit rate)"] = (
         f"{calibration.ef} ({calibration.hit_rate:.4f})"
     )
-    refs = {f"raw hnswlib at the nodes' ef {node_ef}": raw_loads(args, index, probes, node_ef)}
-    if calibration.ef != node_ef:
-        refs[f"raw hnswlib at its calibrated ef {calibration.ef}"] = raw_loads(
-            args, index, probes, calibration.ef
-        )
-    del index
-    gc.collect()
-
     case.rows["gateway identify rank-1 mate hits"] = (
         f"{hits}/{len(probes)} ({hits / max(exact_hits, 1):.4f} of exact)"
     )
-    for ref, (top, _) in refs.items():
-        raw_hits = int((top == probe_ids).sum())
+    for ref, top in tops.items():
+        raw_hits = int((top[:, 0] == probe_ids).sum())
         case.rows[f"{ref}: rank-1 mate hits"] = (
             f"{raw_hits}/{len(probes)} ({raw_hits / max(exact_hits, 1):.4f} of exact)"
         )
+    case.rows[f"recall@{_K} vs exact numpy top-{_K}: gateway"] = (
+        f"{recall_at(gateway_k, truth_k):.4f}"
+    )
+    for ref, top in tops.items():
+        case.rows[f"recall@{_K} vs exact numpy top-{_K}: {ref}"] = f"{recall_at(top, truth_k):.4f}"
     for c in args.concurrency:
-        g = ident[c]
+        gateway = loads["gateway"][c]
+        g = median_load(gateway)
         case.rows[f"identify c={c}: gateway QPS, p50 / p99 ms"] = (
             f"{g.qps:,.0f}, {g.p50_ms:.2f} / {g.p99_ms:.2f}"
         )
-        for ref, (_, loads) in refs.items():
-            r = loads[c]
+        for ref in raw_efs:
+            raw = loads[ref][c]
+            r = median_load(raw)
+            ratios = sorted(a.qps / b.qps for a, b in zip(gateway, raw, strict=True))
             case.rows[f"identify c={c}: {ref}: QPS, p50 / p99 ms; gateway/raw QPS"] = (
-                f"{r.qps:,.0f}, {r.p50_ms:.2f} / {r.p99_ms:.2f}; **{g.qps / r.qps:.2f}**"
+                f"{r.qps:,.0f}, {r.p50_ms:.2f} / {r.p99_ms:.2f}; "
+                f"**{statistics.median(ratios):.2f}** (rounds: "
+                + ", ".join(f"{x:.2f}" for x in ratios)
+                + ")"
             )
     case.rows[f"verify c={max(args.concurrency)}: QPS, p50 / p99 ms"] = (
         f"{ver.qps:,.0f}, {ver.p50_ms:.2f} / {ver.p99_ms:.2f}"
@@ -296,7 +320,10 @@ def render(args: argparse.Namespace, cases: list[Case]) -> str:
         "whole gallery, one process, the same client threads) at the nodes' largest ef and "
         "at the ef the same calibration picks for it (equal accuracy), "
         f"{args.queries} mated probes, medians "
-        f"of {args.runs} runs. Client, gateway and nodes share the same cores.",
+        f"of {args.runs} rounds in which gateway and raw hnswlib take turns (ratios are "
+        "taken within a round, then the median). Client, gateway and nodes share the same "
+        "cores; exact matrix storage "
+        f"{d.exact_dtype}.",
         "",
     ]
     for case in cases:
@@ -329,13 +356,9 @@ def main(argv: list[str] | None = None) -> None:
         help="where raw hnswlib reference indexes are kept between runs",
     )
     args = p.parse_args(argv)
-    cases = [
-        run_case(args, "structured (structure 0.7, rank 64)", "structured", 0.7, args.subjects)
-    ]
+    cases = [run_case(args, "structured (structure 0.7, rank 64)", 0.7, args.subjects)]
     if args.isotropic_subjects:
-        cases.append(
-            run_case(args, "isotropic worst case", "isotropic", 0.0, args.isotropic_subjects)
-        )
+        cases.append(run_case(args, "isotropic worst case", 0.0, args.isotropic_subjects))
     text = render(args, cases)
     print(text)
     if not args.no_write:

@@ -160,7 +160,7 @@ class Gallery:
             break
         # 3. The truth: every stored template, streamed into the matrix and
         # owner list (one chunk in memory at a time).
-        self._matrix = ExactMatrix(self.dim, capacity)
+        self._matrix = ExactMatrix(self.dim, capacity, dtype=self.settings.exact_dtype)
         self._owners = [None] * capacity
         live = np.zeros(capacity, dtype=bool)
         for labels, subjects, vectors in self._store.iter_templates():
@@ -195,13 +195,16 @@ class Gallery:
         )
 
     def _rebuild(self, labels: Labels, capacity: int) -> hnswlib.Index:
-        """A new HNSW index over the matrix rows at `labels`."""
+        """A new HNSW index over the stored templates at `labels`.
+
+        Vectors come from the store (float32, the truth), never from the
+        matrix, whose rows may be float16-rounded."""
         _log.info("index_rebuild", templates=len(labels))
         index = self._new_index(capacity)
         for start in range(0, len(labels), _BUILD_CHUNK):
             chunk = labels[start : start + _BUILD_CHUNK]
             index.add_items(
-                self._matrix.rows(chunk), chunk, num_threads=self.settings.index_threads
+                self._store.vectors(chunk), chunk, num_threads=self.settings.index_threads
             )
         self._snapshot_seq = 0
         return index
@@ -212,7 +215,7 @@ class Gallery:
         adds = [label for label in touched.tolist() if self._owners[label] is not None]
         if adds:
             arr = np.array(adds, dtype=np.int64)
-            index.add_items(self._matrix.rows(arr), arr, num_threads=self.settings.index_threads)
+            index.add_items(self._store.vectors(arr), arr, num_threads=self.settings.index_threads)
         for label in touched.tolist():
             if self._owners[label] is None and label in in_index:
                 with contextlib.suppress(RuntimeError):  # already deleted in the snapshot

@@ -200,6 +200,28 @@ class Store:
             )
             yield labels, [r[1] for r in rows], vectors.astype(np.float32)
 
+    def vectors(self, labels: Labels, chunk: int = 10_000) -> FloatMatrix:
+        """The stored (float32) templates at `labels`, in that order.
+
+        KeyError names the first label that is not stored."""
+        out = np.empty((len(labels), self.dim), dtype=np.float32)
+        wanted = labels.tolist()
+        reader = self._reader()
+        for start in range(0, len(wanted), chunk):
+            part = wanted[start : start + chunk]
+            marks = ",".join("?" * len(part))
+            found = dict(
+                reader.execute(
+                    f"SELECT label, vector FROM templates WHERE label IN ({marks})", part
+                ).fetchall()
+            )
+            for row, label in enumerate(part, start):
+                blob = found.get(label)
+                if blob is None:
+                    raise KeyError(f"label {label} is not stored")
+                out[row] = np.frombuffer(blob, dtype="<f4")
+        return out
+
     def changed_labels_since(self, seq: int) -> Labels:
         """Distinct labels touched by changes after `seq`."""
         rows = (

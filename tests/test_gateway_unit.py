@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import grpc
 import grpc.aio
@@ -219,7 +219,7 @@ def make_cluster(lt: LoopThread) -> Iterator[Callable[..., Cluster]]:
         nodes: list[Node] = []
         fakes: dict[str, FakeNode] = {}
         for name in live or []:
-            fake = FakeNode(name)
+            fake = FakeNode(name)  # type: ignore[abstract]  # base is not abstract at runtime
 
             async def start(fake: FakeNode = fake) -> int:
                 server = grpc.aio.server()
@@ -267,7 +267,11 @@ def probe(vec: Any) -> pb.Probe:
 GOOD = unit(0)
 NAN = np.full(DIM, np.nan, dtype=np.float32)
 ZERO = np.zeros(DIM, dtype=np.float32)
-ENROLL_OK = {"subject_id": "s-1", "templates": [tmpl(GOOD)], "mode": pb.ENROLL_MODE_APPEND}
+ENROLL_OK: dict[str, Any] = {
+    "subject_id": "s-1",
+    "templates": [tmpl(GOOD)],
+    "mode": pb.ENROLL_MODE_APPEND,
+}
 
 BAD_REQUESTS: list[tuple[str, str, Any, str]] = [
     ("identify wrong dim", "Identify", pb.IdentifyRequest(probe=probe(np.ones(4)), k=1), "dim"),
@@ -323,7 +327,9 @@ BAD_REQUESTS: list[tuple[str, str, Any, str]] = [
     (
         "enroll nan template",
         "Enroll",
-        pb.EnrollRequest(subject_id="s-1", templates=[tmpl(GOOD), tmpl(NAN)], mode=1),
+        pb.EnrollRequest(
+            subject_id="s-1", templates=[tmpl(GOOD), tmpl(NAN)], mode=pb.ENROLL_MODE_APPEND
+        ),
         "templates[1].data",
     ),
     (
@@ -406,8 +412,8 @@ def test_identify_merges_across_shards(make_cluster: Callable[..., Cluster]) -> 
     with cluster.client() as client:
         result = client.identify(GOOD, k=4)
         assert result.candidates == [
-            Candidate("a", pytest.approx(0.9), "node-0"),
-            Candidate("b", pytest.approx(0.7), "node-1"),
+            Candidate("a", cast(float, pytest.approx(0.9)), "node-0"),
+            Candidate("b", cast(float, pytest.approx(0.7)), "node-1"),
             Candidate("c", 0.5, "node-0"),
             Candidate("d", 0.5, "node-1"),
         ]
@@ -430,7 +436,7 @@ def test_identify_partial_and_require_all(make_cluster: Callable[..., Cluster]) 
         assert result.partial
         assert result.failed_shards == ["node-1"]
         assert (result.shards_answered, result.shards_total) == (1, 2)
-        assert result.candidates == [Candidate("a", pytest.approx(0.9), "node-0")]
+        assert result.candidates == [Candidate("a", cast(float, pytest.approx(0.9)), "node-0")]
 
         code, details = status_of(lambda: client.identify(GOOD, k=5, require_all_shards=True))
         assert code == grpc.StatusCode.UNAVAILABLE
@@ -551,7 +557,7 @@ def test_subject_calls_go_to_the_owner(make_cluster: Callable[..., Cluster]) -> 
 
             verdict = client.verify(sid, GOOD, threshold=0.8)
             assert (verdict.score, verdict.match, verdict.templates_compared) == (
-                pytest.approx(0.75),
+                cast(float, pytest.approx(0.75)),
                 False,
                 3,
             )
@@ -618,7 +624,11 @@ def test_enroll_batch_splits_and_reassembles(make_cluster: Callable[..., Cluster
     with grpc.insecure_channel(cluster.address) as channel:
         reply = pb_grpc.MatcherStub(channel).EnrollBatch(
             pb.EnrollBatchRequest(
-                items=[pb.EnrollRequest(subject_id=ids[0], templates=[tmpl(GOOD)], mode=1)]
+                items=[
+                    pb.EnrollRequest(
+                        subject_id=ids[0], templates=[tmpl(GOOD)], mode=pb.ENROLL_MODE_APPEND
+                    )
+                ]
             )
         )
     assert reply.results[0].response.shard == "node-0"

@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import grpc
 import grpc.aio
@@ -161,7 +161,8 @@ async def call(
     try:
         response = await getattr(gw.stub, method)(request, metadata=metadata, timeout=timeout)
     except grpc.aio.AioRpcError as exc:
-        trailers = {k: str(v) for k, v in (exc.trailing_metadata() or ())}
+        trailing: Any = exc.trailing_metadata() or ()  # grpc.aio.Metadata: (key, value) pairs
+        trailers = {k: str(v) for k, v in trailing}
         return Outcome(exc.code(), exc.details() or "", trailers)
     return Outcome(grpc.StatusCode.OK, "", {}, response)
 
@@ -175,14 +176,15 @@ def verify(subject_id: str = "s-1") -> pb.VerifyRequest:
 async def gateway(path: Path, limiter: AdaptiveLimiter | None = None) -> AsyncIterator[Gateway]:
     registry = TenantRegistry.from_file(path)
     prom = CollectorRegistry()
-    servicer = FakeMatcher()
+    servicer = FakeMatcher()  # type: ignore[abstract]  # base is not abstract at runtime
     server = grpc.aio.server(
         interceptors=build_interceptors(
             registry, limiter or AdaptiveLimiter(), metrics=GatewayMetrics(prom)
         )
     )
     pbg.add_MatcherServicer_to_server(servicer, server)
-    health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
+    health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         ("tunggal.v1.Matcher", "grpc.health.v1.Health", reflection.SERVICE_NAME), server
     )
@@ -194,7 +196,7 @@ async def gateway(path: Path, limiter: AdaptiveLimiter | None = None) -> AsyncIt
     finally:
         servicer.release.set()
         await registry.stop()
-        await channel.close()
+        await channel.close(None)
         await server.stop(None)
 
 
@@ -351,7 +353,8 @@ def test_quota_slot_comes_back_when_the_handler_never_runs() -> None:
     async def arrive() -> tuple[Any, CallState]:
         state = CallState("Verify", tenant)
         _STATE.set(state)  # this task's own context, as grpc.aio gives each call
-        return await quotas.intercept_service(continuation, details), state
+        handler_details = cast(grpc.HandlerCallDetails, details)  # a stand-in, duck-typed
+        return await quotas.intercept_service(continuation, handler_details), state
 
     async def scenario() -> None:
         first, state = await asyncio.create_task(arrive())

@@ -35,7 +35,7 @@ class FakeNode(pbg.MatcherNodeServicer):
 
 @pytest.fixture
 def node() -> Iterator[tuple[int, FakeNode]]:
-    servicer = FakeNode()
+    servicer = FakeNode()  # type: ignore[abstract]  # base is not abstract at runtime
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=4),
         interceptors=[InternalAuthServerInterceptor(SECRET)],

@@ -59,7 +59,7 @@ class FakeMatcher(pbg.MatcherServicer):
 
 class ServerThread:
     def __init__(self) -> None:
-        self.fake = FakeMatcher()
+        self.fake = FakeMatcher()  # type: ignore[abstract]  # base is not abstract at runtime
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()

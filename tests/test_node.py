@@ -22,7 +22,9 @@ APPEND = pb.ENROLL_MODE_APPEND
 REPLACE = pb.ENROLL_MODE_REPLACE
 
 
-def enroll_req(ident: int, mode: int = APPEND, request_id: str = "", capture: int = 0):
+def enroll_req(
+    ident: int, mode: pb.EnrollMode.ValueType = APPEND, request_id: str = "", capture: int = 0
+) -> pb.EnrollRequest:
     vec = MODEL.samples([ident], capture)[0]
     return pb.EnrollRequest(
         subject_id=subject_id(ident),
@@ -39,7 +41,9 @@ def enroll_range(stub: pb_grpc.MatcherNodeStub, start: int, stop: int) -> None:
         assert all(r.code == 0 for r in reply.results), reply.results[0]
 
 
-def search(stub: pb_grpc.MatcherNodeStub, vec: np.ndarray, k: int = 5, exact: bool = False):
+def search(
+    stub: pb_grpc.MatcherNodeStub, vec: np.ndarray, k: int = 5, exact: bool = False
+) -> pb.NodeSearchResponse:
     return stub.Search(
         pb.NodeSearchRequest(probe=encode_template(vec), k=k, min_score=-1.0, exact=exact)
     )

@@ -9,7 +9,7 @@ flags of the console scripts override both. README.md lists them all.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -96,6 +96,11 @@ class NodeSettings(MatchingSettings):
         lt=2,
         description="Identify re-checks exactly when HNSW's best score is within this much "
         "below verify_threshold (0 = never).",
+    )
+    exact_dtype: Literal["float32", "float16"] = Field(
+        "float32",
+        description="Storage of the exact-search matrix: float16 halves its memory; its "
+        "scores (exact search, re-scoring, Verify) are then within 5e-4 of float32's.",
     )
     initial_capacity: int = Field(100_000, ge=16, description="Slots before the first growth.")
     fetch_factor: int = Field(

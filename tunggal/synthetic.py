@@ -105,6 +105,16 @@ class FaceModel:
         return _normalise(centres + sigma * self._blocks(ids, make))
 
 
+_NIK_PREFIX = "3171"
+
+
 def subject_id(ident: int) -> str:
     """A NIK-shaped subject id for identity number `ident` (16 digits)."""
-    return f"3171{ident:012d}"
+    return f"{_NIK_PREFIX}{ident:012d}"
+
+
+def identity_of(subject: str) -> int:
+    """The identity number behind a `subject_id` (ValueError for any other id)."""
+    if len(subject) != 16 or not subject.startswith(_NIK_PREFIX) or not subject.isdigit():
+        raise ValueError(f"{subject!r} is not a synthetic subject id")
+    return int(subject[len(_NIK_PREFIX) :])

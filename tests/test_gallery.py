@@ -1,0 +1,100 @@
+"""The gallery in process: exact-matrix storage types and rebuilding from the store.
+
+Real hnswlib indexes and real SQLite files under tmp_path; no gRPC here
+(tests/test_node.py covers the served node).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from matcher.gallery import EnrollItem, Gallery
+from matcher.store import Store
+from tunggal.settings import NodeSettings
+from tunggal.synthetic import FaceModel, subject_id
+
+_N = 2_000
+_MODEL = FaceModel(dim=128, structure=0.7)
+
+
+def _settings(path: Path, dtype: str = "float32") -> NodeSettings:
+    return NodeSettings(
+        data_dir=path, initial_capacity=_N, exact_dtype=dtype, calibrate=False, ef_search=64
+    )
+
+
+def _enroll(gallery: Gallery, ids: range) -> None:
+    templates = _MODEL.samples(ids, 0)
+    gallery.enroll(
+        [EnrollItem(subject_id(i), templates[j : j + 1], False) for j, i in enumerate(ids)]
+    )
+
+
+def _index_vectors(gallery: Gallery, labels: np.ndarray) -> np.ndarray:
+    return np.asarray(gallery._index.get_items(labels), dtype=np.float32)
+
+
+def test_float16_matrix_halves_memory_and_keeps_answers(tmp_path: Path) -> None:
+    full = Gallery(_settings(tmp_path / "f32"))
+    half = Gallery(_settings(tmp_path / "f16", "float16"))
+    for gallery in (full, half):
+        _enroll(gallery, range(_N))
+    assert half.matrix_bytes < 0.55 * full.matrix_bytes
+    ids = list(range(0, _N, 40))
+    probes = _MODEL.samples(ids, 1)
+    for probe, i in zip(probes, ids, strict=True):
+        for exact in (True, False):
+            top_full = full.search(probe, 3, -1.0, exact)
+            top_half = half.search(probe, 3, -1.0, exact)
+            assert top_half[0].subject_id == top_full[0].subject_id == subject_id(i)
+            assert abs(top_half[0].score - top_full[0].score) <= 5e-4
+        score_full, _ = full.verify(subject_id(i), probe)
+        score_half, _ = half.verify(subject_id(i), probe)
+        assert score_full != score_half  # the rows really are rounded...
+        assert abs(score_full - score_half) <= 5e-4  # ...within the documented bound
+    full.close(snapshot=False)
+    half.close(snapshot=False)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_index_is_rebuilt_and_replayed_from_the_stored_float32_templates(
+    tmp_path: Path, dtype: str
+) -> None:
+    path = tmp_path / "g"
+    gallery = Gallery(_settings(path, dtype))
+    _enroll(gallery, range(_N // 2))
+    gallery.snapshot()
+    _enroll(gallery, range(_N // 2, _N))  # after the snapshot: replayed from the log
+    gallery.close(snapshot=False)
+    store = Store(path / "gallery.sqlite", 128)
+    labels = np.arange(_N, dtype=np.int64)
+    stored = store.vectors(labels)
+    store.close()
+    rounded = stored.astype(np.float16).astype(np.float32)
+    assert np.abs(stored - rounded).max() > 1e-5  # float16 rows would be told apart
+
+    replayed = Gallery(_settings(path, dtype))  # snapshot + log tail
+    np.testing.assert_allclose(_index_vectors(replayed, labels), stored, rtol=0, atol=1e-6)
+    replayed.close(snapshot=False)
+    for snap in (path / "snapshots").iterdir():
+        (snap / "index.bin").write_bytes(b"")  # no usable snapshot: a full rebuild
+    rebuilt = Gallery(_settings(path, dtype))
+    np.testing.assert_allclose(_index_vectors(rebuilt, labels), stored, rtol=0, atol=1e-6)
+    assert rebuilt.search(_MODEL.samples([5], 1)[0], 1, -1.0, False)[0].subject_id == subject_id(5)
+    rebuilt.close(snapshot=False)
+
+
+def test_store_vectors_keeps_order_and_names_a_missing_label(tmp_path: Path) -> None:
+    gallery = Gallery(_settings(tmp_path / "g"))
+    _enroll(gallery, range(10))
+    gallery.close(snapshot=False)
+    store = Store(tmp_path / "g" / "gallery.sqlite", 128)
+    labels = np.array([7, 2, 9], dtype=np.int64)
+    every = store.vectors(np.arange(10, dtype=np.int64))
+    np.testing.assert_array_equal(store.vectors(labels), every[labels])
+    with pytest.raises(KeyError, match="label 12 is not stored"):
+        store.vectors(np.array([1, 12], dtype=np.int64))
+    store.close()
