@@ -50,16 +50,21 @@ def test_calibration_meets_target_on_100k(tmp_path: Path, structure: float) -> N
             [EnrollItem(subject_id(i), templates[i : i + 1], False) for i in range(lo, lo + 10_000)]
         )
     result = gallery.calibrate(seed=3)
-    assert result.met and result.hit_rate >= 0.999 and result.probes == 1000
+    assert result.met and result.hit_rate >= 0.999 and result.probes == 5000
     assert gallery.ef == result.ef and gallery.stats()["calibration_met"]
-    # Fresh mated probes (new captures, not the calibration's) at the chosen ef.
-    ids = list(range(7, n, n // 1000))
+    # 5000 fresh mated probes (new captures, not the calibration's) at the chosen
+    # ef. An ef chosen on too few probes fails this: on the isotropic gallery ef
+    # 128, which 1000 probes can pass, misses about 17 of 5000.
+    ids = np.arange(7, n, n // 5000)
     probes = model.samples(ids, 1)
     hnsw = sum(
-        gallery.search(p, 1, -1.0, exact=False)[0].subject_id == subject_id(i)
+        gallery.search(p, 1, -1.0, exact=False)[0].subject_id == subject_id(int(i))
         for p, i in zip(probes, ids, strict=True)
     )
-    exact = int(((probes @ templates.T).argmax(axis=1) == np.array(ids)).sum())  # numpy oracle
+    exact = sum(  # numpy oracle
+        int(((probes[lo : lo + 500] @ templates.T).argmax(axis=1) == ids[lo : lo + 500]).sum())
+        for lo in range(0, len(ids), 500)
+    )
     assert exact == len(ids)  # exact search finds every mate
-    assert hnsw >= 0.995 * exact
+    assert hnsw >= 0.998 * exact
     gallery.close(snapshot=False)
