@@ -34,6 +34,7 @@ FloatMatrix = npt.NDArray[np.float32]
 Labels = npt.NDArray[np.int64]
 
 _BLOCK_ROWS = 65_536
+_PROBE_CHUNK = 256  # probes per graph run (bounds the score buffer; batch speed peaks by here)
 
 
 def numpy_topk(
@@ -233,23 +234,11 @@ class ExactMatrix:
                 out.append(r)
             return out
 
-    def search(self, probes: FloatMatrix, k: int) -> tuple[Labels, FloatMatrix]:
-        """Exact top-k live rows for each probe (rows of `probes`, normalised).
-
-        Returns (labels, scores), each (n_probes, k), best first (ties: lower
-        label first among those kept); slots beyond the number of live rows
-        hold -1 and -inf.
-        """
-        probes = np.ascontiguousarray(probes, dtype=np.float32)
-        if probes.ndim != 2 or probes.shape[1] != self.dim:
-            raise ValueError(f"probes must be (n, {self.dim}), got {probes.shape}")
-        nprobe = probes.shape[0]
-        out_labels = np.full((nprobe, max(k, 0)), -1, dtype=np.int64)
-        out_scores = np.full((nprobe, max(k, 0)), -np.inf, dtype=np.float32)
-        if k <= 0 or nprobe == 0 or self._high == 0:
-            return out_labels, out_scores
-        engine = self._engine()
-        blocks = self._blocks(engine)
+    @staticmethod
+    def _search_chunk(
+        engine: BlockTopK, blocks: list[_Resident], probes: FloatMatrix, k: int
+    ) -> tuple[Labels, FloatMatrix]:
+        """Top-min(k, rows) over `blocks` for each probe; dead slots -1 / -inf."""
         probe_value = engine.to_device(probes)
         block_scores: list[FloatMatrix] = []
         block_labels: list[Labels] = []
@@ -269,7 +258,30 @@ class ExactMatrix:
         dead = ~np.isfinite(scores)  # -inf bias: a dead row (or an unfilled slot)
         labels[dead] = -1
         scores[dead] = -np.inf
-        kk = scores.shape[1]
-        out_labels[:, :kk] = labels
-        out_scores[:, :kk] = scores
+        return labels, scores
+
+    def search(self, probes: FloatMatrix, k: int) -> tuple[Labels, FloatMatrix]:
+        """Exact top-k live rows for each probe (rows of `probes`, normalised).
+
+        Returns (labels, scores), each (n_probes, k), best first (ties: lower
+        label first among those kept); slots beyond the number of live rows
+        hold -1 and -inf.
+        """
+        probes = np.ascontiguousarray(probes, dtype=np.float32)
+        if probes.ndim != 2 or probes.shape[1] != self.dim:
+            raise ValueError(f"probes must be (n, {self.dim}), got {probes.shape}")
+        nprobe = probes.shape[0]
+        out_labels = np.full((nprobe, max(k, 0)), -1, dtype=np.int64)
+        out_scores = np.full((nprobe, max(k, 0)), -np.inf, dtype=np.float32)
+        if k <= 0 or nprobe == 0 or self._high == 0:
+            return out_labels, out_scores
+        engine = self._engine()
+        blocks = self._blocks(engine)
+        # A chunk of probes at a time: the graph's scores for one block are
+        # chunk x block_rows floats (64 MiB at 256 x 65,536), whatever the batch.
+        for lo in range(0, nprobe, _PROBE_CHUNK):
+            labels, scores = self._search_chunk(engine, blocks, probes[lo : lo + _PROBE_CHUNK], k)
+            kk = scores.shape[1]
+            out_labels[lo : lo + _PROBE_CHUNK, :kk] = labels
+            out_scores[lo : lo + _PROBE_CHUNK, :kk] = scores
         return out_labels, out_scores

@@ -77,6 +77,16 @@ def test_matches_numpy_over_several_blocks(block_rows: int) -> None:
         assert_same(m.search(probes, k), reference(m, probes, k))
 
 
+def test_more_probes_than_one_graph_run_takes() -> None:
+    """Batches beyond the engine's probe chunk (256) are split and reassembled in order."""
+    rng = np.random.default_rng(8)
+    m, _ = filled(rng, 2000, 16, block_rows=512)
+    m.clear_rows(np.arange(0, 2000, 3, dtype=np.int64))
+    probes = unit(rng, 600, 16)
+    for k in (1, 7):
+        assert_same(m.search(probes, k), reference(m, probes, k))
+
+
 def test_single_probe_and_empty_batch() -> None:
     rng = np.random.default_rng(1)
     m, vectors = filled(rng, 300, 16, block_rows=64)

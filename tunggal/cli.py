@@ -81,6 +81,9 @@ def cmd_local(args: argparse.Namespace) -> int:
     print(f"  starting {args.nodes} matcher nodes and the gateway ...")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # Ctrl-C stops the cluster even when started from a script's background job,
+    # which inherits SIGINT ignored (Python then installs no handler of its own).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         cluster.start()
         with DemoClients.connect(cluster.address, timeout=30) as demo:
