@@ -44,7 +44,7 @@ def test_local_cluster_answers_then_stops_on_ctrl_c_even_with_sigint_ignored(
         assert "-> MATCH" in text and "-> no match" in text  # verify: genuine, impostor
         assert "2/2 shards" in text and f"127.0.0.1:{port}" in text
         proc.send_signal(signal.SIGINT)
-        rest, _ = proc.communicate(timeout=60)
+        rest, _ = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:  # SIGTERM stops the nodes too; a kill would orphan them
             proc.terminate()

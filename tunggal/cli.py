@@ -81,8 +81,9 @@ def cmd_local(args: argparse.Namespace) -> int:
     print(f"  starting {args.nodes} matcher nodes and the gateway ...")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    # Ctrl-C stops the cluster even when started from a script's background job,
-    # which inherits SIGINT ignored (Python then installs no handler of its own).
+    # Ctrl-C works even when started from a script's background job, which
+    # inherits SIGINT ignored (Python then installs no handler of its own): during
+    # start-up and seeding it interrupts them, once serving it asks for the stop.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         cluster.start()
@@ -114,7 +115,8 @@ def cmd_local(args: argparse.Namespace) -> int:
                     "  node calls (tunggal snapshot) need this cluster's secret:\n"
                     f"       export {SECRET_ENV}={cluster.internal_secret}"
                 )
-            print("Press Ctrl-C to stop.")
+        signal.signal(signal.SIGINT, lambda *_: stop.set())
+        print("Press Ctrl-C to stop.", flush=True)
         stop.wait()
     except KeyboardInterrupt:
         pass
