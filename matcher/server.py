@@ -29,6 +29,7 @@ from matcher.service import MatcherNodeService
 from tunggal.internal_auth import SECRET_ENV, InternalAuthServerInterceptor, internal_secret
 from tunggal.logs import configure_logging
 from tunggal.settings import NodeSettings, grpc_message_options, server_keepalive_options
+from tunggal.signals import wait_for
 from tunggal.v1 import tunggal_pb2 as pb
 from tunggal.v1 import tunggal_pb2_grpc as pb_grpc
 
@@ -146,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     node.start()
-    stop_requested.wait()
+    wait_for(stop_requested)
     node.stop()
 
 

@@ -30,6 +30,7 @@ from tunggal.demo import DEMO_ROLES, DemoClients, seed, show, with_pushback
 from tunggal.internal_auth import METADATA_KEY, SECRET_ENV, internal_secret
 from tunggal.localcluster import LocalCluster
 from tunggal.settings import GatewaySettings
+from tunggal.signals import wait_for
 from tunggal.v1 import tunggal_pb2 as pb
 from tunggal.v1 import tunggal_pb2_grpc as pb_grpc
 
@@ -117,7 +118,7 @@ def cmd_local(args: argparse.Namespace) -> int:
                 )
         signal.signal(signal.SIGINT, lambda *_: stop.set())
         print("Press Ctrl-C to stop.", flush=True)
-        stop.wait()
+        wait_for(stop)
     except KeyboardInterrupt:
         pass
     finally:
