@@ -1,8 +1,8 @@
 """The gallery's contiguous template matrix and exhaustive (exact) search.
 
-Row number == HNSW label, so HNSW hits are re-scored exactly from here, Verify
-reads a subject's rows, and `search` scans every live row: the oracle that
-approximate search is measured against, and what `exact=true` Identify uses.
+Row number == HNSW label, so Verify reads a subject's rows here, and `search`
+scans every live row: the oracle that approximate search is measured against,
+and what `exact=true` Identify uses.
 
 `search` runs an ONNX graph (Gemm + TopK, see matcher.onnx_topk) through
 onnxruntime over fixed-size blocks of rows and merges the block top-ks exactly.

@@ -6,8 +6,10 @@ then a short exclusive section that publishes rows and owners. Deletes and
 replaced templates are hidden under that same exclusive section, so once a
 Delete returns no search can return the subject.
 
-Read path (shared lock, parallel): HNSW (or exact) candidates, exact
-re-scoring from the matrix, per-subject aggregation.
+Read path (shared lock, parallel): HNSW (or exact) candidates with their
+exact scores, per-subject aggregation. hnswlib scores each candidate it
+returns with the full float32 inner product of the stored vectors, so its
+scores are exact (to float32 rounding) and need no second pass.
 
 Labels are row numbers of the matrix and HNSW labels; freed labels are
 reused (hnswlib un-deletes and overwrites a re-added deleted label in place).
@@ -345,7 +347,7 @@ class Gallery:
         """Top-k subjects for each query, best first, in query order.
 
         The HNSW queries go to hnswlib as one batch (its own threads, no
-        GIL), their candidates re-scored exactly; the exact ones go to the
+        GIL), with hnswlib's exact scores of its candidates; the exact ones go to the
         exact engine as one batch. Candidates are merged per subject.
         A query whose candidates hold too few subjects is searched again
         deeper on its own. An HNSW answer whose best score lands in the
@@ -383,16 +385,13 @@ class Gallery:
         fetches = [min(alive, q.k * self.settings.fetch_factor) for q in queries]
         beam = min(alive, max(max(fetches), self._ef))
         probes = np.stack([q.probe for q in queries])
-        found = self._knn(probes, beam, self.settings.search_threads or os.cpu_count() or 1)
+        threads = self.settings.search_threads or os.cpu_count() or 1
+        found, all_scores = self._knn(probes, beam, threads)
         if found.shape[1] == 0:
             return [None] * len(queries)
-        rows = self._matrix.rows(found.ravel()).reshape(*found.shape, self.dim)
-        all_scores = np.einsum("nkd,nd->nk", rows, probes)  # exact re-scoring
         out: list[list[Match] | None] = []
         for query, fetch, labels, scores in zip(queries, fetches, found, all_scores, strict=True):
-            order = np.argsort(-scores, kind="stable")[:fetch]
-            labels, scores = labels[order], scores[order]
-            out.append(self._top(labels, scores, query, fetch, alive))
+            out.append(self._top(labels[:fetch], scores[:fetch], query, fetch, alive))
         return out
 
     def _exact_batch(self, queries: Sequence[SearchQuery]) -> list[list[Match] | None]:
@@ -446,22 +445,26 @@ class Gallery:
         # hnswlib searches with a beam of max(index ef, k): asking for
         # k = ef candidates sets the beam per query, so calibration can try
         # other widths without touching live searches.
-        found = self._knn(probe[None, :], min(self._alive, max(fetch, self._ef)), 1)[0]
-        scores = self._matrix.rows(found) @ probe  # exact re-scoring
-        order = np.argsort(-scores, kind="stable")[:fetch]
-        return found[order], scores[order]
+        found, scores = self._knn(probe[None, :], min(self._alive, max(fetch, self._ef)), 1)
+        return found[0][:fetch], scores[0][:fetch]
 
-    def _knn(self, probes: FloatMatrix, k: int, threads: int) -> Labels:
-        """HNSW labels (n, k') for `probes`, k' <= k when too few are reachable."""
+    def _knn(self, probes: FloatMatrix, k: int, threads: int) -> tuple[Labels, FloatMatrix]:
+        """HNSW labels (n, k') for `probes`, k' <= k when too few are reachable, and their
+        cosine scores, best first. hnswlib's cosine distance is 1 - the float32 inner
+        product of the normalised vectors, computed in full for every returned label."""
         while True:
             try:
-                found, _ = self._index.knn_query(probes, k=k, num_threads=threads)
+                found, distances = self._index.knn_query(probes, k=k, num_threads=threads)
                 labels: Labels = np.asarray(found, dtype=np.int64)
-                return labels
+                scores: FloatMatrix = 1.0 - np.asarray(distances, dtype=np.float32)
+                return labels, scores
             except RuntimeError:
                 # Fewer reachable live elements than asked (many deletions).
                 if k <= 1:
-                    return np.zeros((len(probes), 0), dtype=np.int64)
+                    return (
+                        np.zeros((len(probes), 0), dtype=np.int64),
+                        np.zeros((len(probes), 0), dtype=np.float32),
+                    )
                 k //= 2
 
     def _aggregate(self, labels: Labels, scores: FloatMatrix, min_score: float) -> list[Match]:
@@ -569,11 +572,9 @@ class Gallery:
                 k = min(self._alive, ef)
                 for lo in range(0, len(probes), _CALIBRATION_CHUNK):
                     chunk = probes[lo : lo + _CALIBRATION_CHUNK]
-                    found = self._knn(chunk, k, self.settings.index_threads)
-                    rows = self._matrix.rows(found.reshape(-1)).reshape(*found.shape, self.dim)
-                    scores = np.einsum("nkd,nd->nk", rows, chunk)
-                    best = found[np.arange(len(found)), scores.argmax(axis=1)]
-                    top.extend(self._owners[int(lb)] or "" for lb in best)
+                    found, _ = self._knn(chunk, k, self.settings.index_threads)
+                    best = found[:, 0] if found.shape[1] else np.full(len(chunk), -1)
+                    top.extend(self._owners[int(lb)] or "" if lb >= 0 else "" for lb in best)
             return top
 
         result = choose_ef(

@@ -12,7 +12,7 @@ float32 and only the stored values are rounded); `bias` is float32 (n,), 0 for
 a live row and -inf for a dead one, so dead rows score -inf whatever the probe;
 `k` is an int64 (1,) input, so one session serves every k (k <= n). Gemm is
 MatMul with the transpose and the bias add folded in: rows stay row-major (the
-layout `rows()` and the HNSW re-scoring want) without a Transpose copy.
+layout `rows()` and Verify want) without a Transpose copy.
 
 The same graph runs on the CUDA execution provider when onnxruntime can start
 one, else on the CPU provider. Sessions are shared (InferenceSession.run is

@@ -106,7 +106,7 @@ class NodeSettings(MatchingSettings):
     exact_dtype: Literal["float32", "float16"] = Field(
         "float32",
         description="Storage of the exact-search matrix: float16 halves its memory; its "
-        "scores (exact search, re-scoring, Verify) are then within 5e-4 of float32's.",
+        "scores (exact search, Verify) are then within 5e-4 of float32's.",
     )
     initial_capacity: int = Field(100_000, ge=16, description="Slots before the first growth.")
     fetch_factor: int = Field(
@@ -176,7 +176,12 @@ class GatewaySettings(MatchingSettings):
         "(1 = one call per search).",
     )
     search_batches_in_flight: int = Field(
-        2, ge=1, description="SearchBatch calls in flight per node; later searches wait and join."
+        1,
+        ge=1,
+        description="SearchBatch calls in flight per node; later searches wait and join. "
+        "1 makes the largest batches: at 100k x 128 over 2 nodes, c=16, it cut CPU per "
+        "Identify from 4.0 to 3.2 ms (docs/BENCHMARKS.md); 2 overlaps a node's Python work "
+        "with its next hnswlib batch, for nodes with cores to spare.",
     )
 
 
