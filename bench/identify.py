@@ -38,7 +38,7 @@ import numpy as np
 import numpy.typing as npt
 
 from bench.reference import calibrated_ef, exact_topk, raw_hnsw, recall_at
-from bench.report import append, machine, now
+from bench.report import append, log, machine, now
 from tunggal.client import NodeInfo, TunggalClient, bearer
 from tunggal.localcluster import LocalCluster, write_all_methods_tenants
 from tunggal.settings import NodeSettings
@@ -47,10 +47,6 @@ from tunggal.synthetic import FaceModel, identity_of, subject_id
 FloatMatrix = npt.NDArray[np.float32]
 
 _K = 10  # Identify k, and the k of recall@k
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 @dataclass

@@ -42,7 +42,7 @@ from typing import Any
 
 import grpc
 
-from bench.report import append, machine, now, rss_bytes
+from bench.report import append, cpu_seconds, log, machine, now, rss_bytes
 from gateway.overload import OverloadSettings
 from gateway.tenants import Tenant, dump_tenants, hash_key
 from tunggal.client import TunggalClient, bearer
@@ -51,19 +51,6 @@ from tunggal.load import LoadConfig, LoadReport, TenantLoad, build_requests, gen
 from tunggal.localcluster import LocalCluster
 
 NORMALS = ("normal-1", "normal-2", "normal-3")
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (all its threads), in seconds."""
-    with open(f"/proc/{pid}/stat") as fh:
-        fields = fh.read().rsplit(")", 1)[1].split()
-    # fields[0] is field 3 (state); utime and stime are fields 14 and 15.
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 @dataclass
