@@ -14,6 +14,15 @@ import pytest
 from tests.conftest import free_port_run
 
 
+def _log_tails(log_dir: Path, lines: int = 15) -> str:
+    """The last lines of every cluster process's log, for a failure message."""
+    out = []
+    for log in sorted(log_dir.glob("*.log")):
+        tail = log.read_text(errors="replace").splitlines()[-lines:]
+        out.append(f"--- {log.name}:\n" + "\n".join(tail))
+    return "\n".join(out) or f"no logs in {log_dir}"
+
+
 @pytest.mark.timeout(300)
 def test_local_cluster_answers_then_stops_on_ctrl_c_even_with_sigint_ignored(
     tmp_path: Path,
@@ -44,7 +53,10 @@ def test_local_cluster_answers_then_stops_on_ctrl_c_even_with_sigint_ignored(
         assert "-> MATCH" in text and "-> no match" in text  # verify: genuine, impostor
         assert "2/2 shards" in text and f"127.0.0.1:{port}" in text
         proc.send_signal(signal.SIGINT)
-        rest, _ = proc.communicate(timeout=120)
+        try:
+            rest, _ = proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            pytest.fail("no stop within 120 s of Ctrl-C; " + _log_tails(tmp_path / "data" / "logs"))
     finally:
         if proc.poll() is None:  # SIGTERM stops the nodes too; a kill would orphan them
             proc.terminate()
