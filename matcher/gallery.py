@@ -26,6 +26,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,6 +123,8 @@ class Gallery:
         self._escalations = 0
         self._index: hnswlib.Index
         self._matrix: ExactMatrix
+        self._search_threads = settings.search_threads or os.cpu_count() or 1
+        self._search_pool = ThreadPoolExecutor(self._search_threads, thread_name_prefix="hnsw")
         self._load()
         self._restore_calibration()
 
@@ -385,8 +388,7 @@ class Gallery:
         fetches = [min(alive, q.k * self.settings.fetch_factor) for q in queries]
         beam = min(alive, max(max(fetches), self._ef))
         probes = np.stack([q.probe for q in queries])
-        threads = self.settings.search_threads or os.cpu_count() or 1
-        found, all_scores = self._knn(probes, beam, threads)
+        found, all_scores = self._knn_parallel(probes, beam)
         if found.shape[1] == 0:
             return [None] * len(queries)
         out: list[list[Match] | None] = []
@@ -447,6 +449,28 @@ class Gallery:
         # other widths without touching live searches.
         found, scores = self._knn(probe[None, :], min(self._alive, max(fetch, self._ef)), 1)
         return found[0][:fetch], scores[0][:fetch]
+
+    def _knn_parallel(self, probes: FloatMatrix, k: int) -> tuple[Labels, FloatMatrix]:
+        """`_knn` of a batch spread over the search threads, whatever its size.
+
+        hnswlib runs a batch of up to 4 x num_threads queries on one thread, so
+        a node's SearchBatch would use one core however many it has; the
+        batch is cut into one part per thread instead (hnswlib releases the
+        GIL while it searches). The caller holds the shared lock throughout.
+        """
+        parts = min(self._search_threads, len(probes))
+        if parts <= 1:
+            return self._knn(probes, k, 1)
+        futures = [
+            self._search_pool.submit(self._knn, chunk, k, 1)
+            for chunk in np.array_split(probes, parts)
+        ]
+        results = [f.result() for f in futures]
+        width = min(labels.shape[1] for labels, _ in results)  # _knn may have asked fewer
+        return (
+            np.concatenate([labels[:, :width] for labels, _ in results]),
+            np.concatenate([scores[:, :width] for _, scores in results]),
+        )
 
     def _knn(self, probes: FloatMatrix, k: int, threads: int) -> tuple[Labels, FloatMatrix]:
         """HNSW labels (n, k') for `probes`, k' <= k when too few are reachable, and their
@@ -665,6 +689,7 @@ class Gallery:
         """Snapshot (optionally) and close the store."""
         if snapshot:
             self.snapshot()
+        self._search_pool.shutdown(wait=True)
         self._store.close()
 
     @property

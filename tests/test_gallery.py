@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from matcher.gallery import EnrollItem, Gallery
+from matcher.gallery import EnrollItem, Gallery, SearchQuery
 from matcher.store import Store
 from tunggal.settings import NodeSettings
 from tunggal.synthetic import FaceModel, subject_id
@@ -98,3 +98,43 @@ def test_store_vectors_keeps_order_and_names_a_missing_label(tmp_path: Path) -> 
     with pytest.raises(KeyError, match="label 12 is not stored"):
         store.vectors(np.array([1, 12], dtype=np.int64))
     store.close()
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_search_batch_spread_over_threads_answers_like_single_searches(
+    tmp_path: Path, threads: int
+) -> None:
+    settings = NodeSettings(
+        data_dir=tmp_path,
+        initial_capacity=_N,
+        calibrate=False,
+        ef_search=64,
+        search_threads=threads,
+    )
+    gallery = Gallery(settings)
+    try:
+        _enroll(gallery, range(_N))
+        probes = _MODEL.samples(range(0, _N, 40), 1)  # 50 mated probes: parts of 16 and 17
+        queries = [SearchQuery(p, 5, -1.0, False, escalate=False) for p in probes]
+        calls: list[tuple[int, int]] = []  # (queries, hnswlib threads) of each knn_query
+        knn = gallery._knn
+
+        def counted(probes: np.ndarray, k: int, num_threads: int) -> tuple[np.ndarray, np.ndarray]:
+            calls.append((len(probes), num_threads))
+            return knn(probes, k, num_threads)
+
+        gallery._knn = counted  # type: ignore[method-assign,assignment]
+        batch = gallery.search_many(queries)
+        # One part per search thread, each on one hnswlib thread (hnswlib would put
+        # a batch of up to 4 x threads queries on one thread by itself).
+        assert sorted(calls) == ([(50, 1)] if threads == 1 else [(16, 1), (17, 1), (17, 1)])
+        singles = [gallery.search_many([q])[0] for q in queries]
+        assert batch == singles
+        assert [m[0].subject_id for m in batch] == [subject_id(i) for i in range(0, _N, 40)]
+        # hnswlib's scores are exact: those of the matrix's rows, to float32 rounding.
+        for query, matches in zip(queries, batch, strict=True):
+            for match in matches:
+                score, _ = gallery.verify(match.subject_id, query.probe)
+                assert match.score == pytest.approx(score, abs=1e-5)
+    finally:
+        gallery.close(snapshot=False)

@@ -122,7 +122,10 @@ class NodeSettings(MatchingSettings):
     workers: int = Field(8, ge=1, description="gRPC worker threads.")
     index_threads: int = Field(2, ge=1, description="Threads hnswlib uses for batch inserts.")
     search_threads: int = Field(
-        0, ge=0, description="Threads hnswlib uses for a SearchBatch; 0 = one per CPU core."
+        0,
+        ge=0,
+        description="Threads a SearchBatch's HNSW queries are spread over (the batch is cut "
+        "into one part per thread); 0 = one per CPU core.",
     )
     max_search_batch: int = Field(256, ge=1, description="Most searches in one SearchBatch.")
     request_ttl_s: float = Field(
