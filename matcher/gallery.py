@@ -349,9 +349,9 @@ class Gallery:
     def search_many(self, queries: Sequence[SearchQuery]) -> list[list[Match]]:
         """Top-k subjects for each query, best first, in query order.
 
-        The HNSW queries go to hnswlib as one batch (its own threads, no
-        GIL), with hnswlib's exact scores of its candidates; the exact ones go to the
-        exact engine as one batch. Candidates are merged per subject.
+        The HNSW queries go to hnswlib spread over the node's search threads
+        (no GIL), scored exactly by hnswlib; the exact ones go to the exact
+        engine as one batch. Candidates are merged per subject.
         A query whose candidates hold too few subjects is searched again
         deeper on its own. An HNSW answer whose best score lands in the
         ambiguity band just below the verify threshold is re-checked by

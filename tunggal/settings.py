@@ -182,9 +182,10 @@ class GatewaySettings(MatchingSettings):
         1,
         ge=1,
         description="SearchBatch calls in flight per node; later searches wait and join. "
-        "1 makes the largest batches: at 100k x 128 over 2 nodes, c=16, it cut CPU per "
-        "Identify from 4.0 to 3.2 ms (docs/BENCHMARKS.md); 2 overlaps a node's Python work "
-        "with its next hnswlib batch, for nodes with cores to spare.",
+        "1 makes the largest batches: at 100k x 128 over 2 nodes on 2 cores, c=16, it "
+        "served 1.18x the Identify/s of 2 at 0.83x the CPU per call (docs/BENCHMARKS.md, "
+        "bench.cpu_breakdown). 2 lets a node take the next batch before it has answered "
+        "the last (not measured on nodes with more cores).",
     )
 
 
