@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.identify import settled_stats
 from bench.report import append, cpu_seconds, log, machine, now
 from tunggal.client import TunggalClient, bearer
 from tunggal.localcluster import LocalCluster, write_all_methods_tenants
@@ -93,8 +94,7 @@ def seed(args: argparse.Namespace, model: FaceModel) -> None:
             ids = range(lo, min(args.subjects, lo + 1000))
             results = c.enroll_batch([subject_id(i) for i in ids], model.samples(ids, 0))
             assert all(r.ok for r in results), results[0]
-        while any(s.templates >= s.calibrated_templates * 1.5 for s in c.stats()):
-            time.sleep(1.0)  # the nodes calibrate for their size before anything is measured
+        settled_stats(c)  # the nodes calibrate for their size before anything is measured
 
 
 def measure(

@@ -20,9 +20,14 @@ _N = 2_000
 _MODEL = FaceModel(dim=128, structure=0.7)
 
 
-def _settings(path: Path, dtype: str = "float32") -> NodeSettings:
+def _settings(path: Path, dtype: str = "float32", search_threads: int = 0) -> NodeSettings:
     return NodeSettings(
-        data_dir=path, initial_capacity=_N, exact_dtype=dtype, calibrate=False, ef_search=64
+        data_dir=path,
+        initial_capacity=_N,
+        exact_dtype=dtype,
+        calibrate=False,
+        ef_search=64,
+        search_threads=search_threads,
     )
 
 
@@ -104,14 +109,7 @@ def test_store_vectors_keeps_order_and_names_a_missing_label(tmp_path: Path) -> 
 def test_search_batch_spread_over_threads_answers_like_single_searches(
     tmp_path: Path, threads: int
 ) -> None:
-    settings = NodeSettings(
-        data_dir=tmp_path,
-        initial_capacity=_N,
-        calibrate=False,
-        ef_search=64,
-        search_threads=threads,
-    )
-    gallery = Gallery(settings)
+    gallery = Gallery(_settings(tmp_path, search_threads=threads))
     try:
         _enroll(gallery, range(_N))
         probes = _MODEL.samples(range(0, _N, 40), 1)  # 50 mated probes: parts of 16 and 17
