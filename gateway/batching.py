@@ -57,16 +57,24 @@ class SearchBatcher:
         """Searches waiting for a free slot."""
         return len(self._queue)
 
-    async def search(self, request: pb.NodeSearchRequest, timeout: float) -> pb.NodeSearchResponse:
-        """The node's answer to `request` within `timeout` seconds, or ShardError."""
+    def submit(
+        self, request: pb.NodeSearchRequest, timeout: float
+    ) -> asyncio.Future[pb.NodeSearchResponse]:
+        """A future of the node's answer to `request`, failed with a ShardError
+        (DEADLINE_EXCEEDED when `timeout` seconds pass first). Cancelling it
+        withdraws the search if it has not been sent yet."""
         loop = asyncio.get_running_loop()
-        waiting = _Waiting(request, loop.time() + timeout, loop.create_future())
-        self._queue.append(waiting)
+        answer: asyncio.Future[pb.NodeSearchResponse] = loop.create_future()
+        deadline = loop.time() + timeout
+        timer = loop.call_at(deadline, self._expire, answer, timeout)
+        answer.add_done_callback(lambda _answer: timer.cancel())
+        self._queue.append(_Waiting(request, deadline, answer))
         self._pump()
-        try:
-            return await asyncio.wait_for(waiting.answer, timeout)
-        except TimeoutError:
-            raise self._late(timeout) from None
+        return answer
+
+    def _expire(self, answer: asyncio.Future[pb.NodeSearchResponse], timeout: float) -> None:
+        if not answer.done():
+            answer.set_exception(self._late(timeout))
 
     def _late(self, timeout: float) -> ShardError:
         return ShardError(

@@ -318,20 +318,20 @@ class MatcherGateway(pb_grpc.MatcherServicer):
         Raises when no shard answered, or one failed and `require_all` is set.
         """
 
-        async def ask(node: Node) -> pb.NodeSearchResponse | ShardError:
-            try:
-                return await self.pool[node].searches.search(search, timeout)
-            except ShardError as exc:
-                self._log_failure("Search", exc)
-                return exc
-
         nodes = self.shard_map.nodes
-        outcomes = await asyncio.gather(*(ask(node) for node in nodes))
+        # Futures, not tasks: gathering them adds no task per shard.
+        outcomes = await asyncio.gather(
+            *(self.pool[node].searches.submit(search, timeout) for node in nodes),
+            return_exceptions=True,
+        )
         answers: list[tuple[str, Sequence[pb.Candidate]]] = []
         failures: list[ShardError] = []
         for node, outcome in zip(nodes, outcomes, strict=True):
             if isinstance(outcome, ShardError):
+                self._log_failure("Search", outcome)
                 failures.append(outcome)
+            elif isinstance(outcome, BaseException):
+                raise outcome
             else:
                 answers.append((node.name, outcome.candidates))
         if failures:

@@ -415,7 +415,7 @@ class Gallery:
     ) -> list[Match] | None:
         """The query's top-k subjects from `fetch` candidates, or None when a deeper
         fetch could still find more of them."""
-        matches = self._aggregate(labels, scores, query.min_score)
+        matches = self._aggregate(labels, scores, query.min_score, query.k)
         done = (
             len(matches) >= query.k
             or fetch >= alive
@@ -456,16 +456,16 @@ class Gallery:
         hnswlib runs a batch of up to 4 x num_threads queries on one thread, so
         a node's SearchBatch would use one core however many it has; the
         batch is cut into one part per thread instead (hnswlib releases the
-        GIL while it searches). The caller holds the shared lock throughout.
+        GIL while it searches), the calling thread searching the last part.
+        The caller holds the shared lock throughout.
         """
         parts = min(self._search_threads, len(probes))
         if parts <= 1:
             return self._knn(probes, k, 1)
-        futures = [
-            self._search_pool.submit(self._knn, chunk, k, 1)
-            for chunk in np.array_split(probes, parts)
-        ]
-        results = [f.result() for f in futures]
+        *others, mine = np.array_split(probes, parts)
+        futures = [self._search_pool.submit(self._knn, chunk, k, 1) for chunk in others]
+        last = self._knn(mine, k, 1)  # this thread searches a part too: one hand-off fewer
+        results = [f.result() for f in futures] + [last]
         width = min(labels.shape[1] for labels, _ in results)  # _knn may have asked fewer
         return (
             np.concatenate([labels[:, :width] for labels, _ in results]),
@@ -491,15 +491,29 @@ class Gallery:
                     )
                 k //= 2
 
-    def _aggregate(self, labels: Labels, scores: FloatMatrix, min_score: float) -> list[Match]:
+    def _aggregate(
+        self, labels: Labels, scores: FloatMatrix, min_score: float, k: int
+    ) -> list[Match]:
+        """The top-k subjects (best template each) among candidates sorted best first.
+
+        Both engines return candidates best first, so a subject's first row is
+        its best and the walk stops at the first score under `min_score`, or
+        under the k-th subject's score once k are found (rows tied with it are
+        kept, so the (score, subject_id) order stays exact)."""
         best: dict[str, float] = {}
+        owners = self._owners
+        floor = -np.inf  # the k-th subject's score, once k are found
         for label, score in zip(labels.tolist(), scores.tolist(), strict=True):
-            owner = self._owners[label]
-            if owner is None or score < min_score:
+            if score < min_score or score < floor:
+                break
+            owner = owners[label]
+            if owner is None or owner in best:
                 continue
-            if score > best.get(owner, -2.0):
-                best[owner] = score
-        return [Match(s, v) for s, v in sorted(best.items(), key=lambda kv: (-kv[1], kv[0]))]
+            best[owner] = score
+            if len(best) == k:
+                floor = score
+        ranked = sorted(best.items(), key=lambda kv: (-kv[1], kv[0]))
+        return [Match(s, v) for s, v in ranked[:k]]
 
     def exact_top1(self, probes: FloatMatrix) -> list[tuple[str | None, float]]:
         """Exact rank-1 (subject, score) of each probe, batched; (None, -inf) if empty."""

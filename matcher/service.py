@@ -7,7 +7,7 @@ import threading
 
 import grpc
 
-from matcher.gallery import EnrollItem, Gallery, Match, SearchQuery
+from matcher.gallery import EnrollItem, FloatMatrix, Gallery, Match, SearchQuery
 from tunggal import templates as tpl
 from tunggal.errors import DeadlineExceeded, InvalidArgument, TunggalError, Unavailable
 from tunggal.rpc import sync_errors
@@ -157,24 +157,32 @@ class MatcherNodeService(pb_grpc.MatcherNodeServicer):
             templates_compared=compared,
         )
 
-    def _query(self, request: pb.NodeSearchRequest, field: str) -> SearchQuery:
-        """Validate a NodeSearchRequest (raises InvalidArgument)."""
-        probe = tpl.decode_template(request.probe, self.settings.dim, f"{field}probe.template")
+    def _query(
+        self, request: pb.NodeSearchRequest, field: str, probe: FloatMatrix | None = None
+    ) -> SearchQuery:
+        """Validate a NodeSearchRequest (raises InvalidArgument); `probe` is its
+        template when already decoded."""
+        if probe is None:
+            probe = tpl.decode_template(request.probe, self.settings.dim, f"{field}probe.template")
         k = tpl.check_k(request.k, self.settings.max_k)
         min_score = tpl.check_score(request.min_score, f"{field}min_score")
         return SearchQuery(probe, k, min_score, request.exact, not request.no_escalation)
 
-    def _response(
-        self, gallery: Gallery, query: SearchQuery, matches: list[Match]
+    def _fill(
+        self,
+        response: pb.NodeSearchResponse,
+        gallery: Gallery,
+        query: SearchQuery,
+        matches: list[Match],
     ) -> pb.NodeSearchResponse:
-        return pb.NodeSearchResponse(
-            candidates=[
-                pb.Candidate(subject_id=m.subject_id, score=m.score, shard=self.settings.name)
-                for m in matches
-            ],
-            templates=gallery.live_templates,
-            ef=0 if query.exact else gallery.ef,
-        )
+        """Write `matches` into `response` in place (no message copies)."""
+        add = response.candidates.add
+        shard = self.settings.name
+        for m in matches:
+            add(subject_id=m.subject_id, score=m.score, shard=shard)
+        response.templates = gallery.live_templates
+        response.ef = 0 if query.exact else gallery.ef
+        return response
 
     @sync_errors
     def Search(
@@ -182,7 +190,7 @@ class MatcherNodeService(pb_grpc.MatcherNodeServicer):
     ) -> pb.NodeSearchResponse:
         gallery = self._ready(context)
         query = self._query(request, "")
-        return self._response(gallery, query, gallery.search_many([query])[0])
+        return self._fill(pb.NodeSearchResponse(), gallery, query, gallery.search_many([query])[0])
 
     @sync_errors
     def SearchBatch(
@@ -192,22 +200,30 @@ class MatcherNodeService(pb_grpc.MatcherNodeServicer):
         n = _batch_size(
             len(request.searches), self.settings.max_search_batch, "searches", "search", "searches"
         )
-        results = [pb.NodeSearchBatchResult() for _ in range(n)]
+        reply = pb.NodeSearchBatchResponse()
+        results = [reply.results.add() for _ in range(n)]
         queries: list[SearchQuery] = []
         positions: list[int] = []
-        for pos, search in enumerate(request.searches):
+        searches = request.searches
+        probes = tpl.decode_template_batch(
+            [s.probe for s in searches],
+            self.settings.dim,
+            [f"searches[{pos}].probe.template" for pos in range(n)],
+        )
+        for pos, (search, probe) in enumerate(zip(searches, probes, strict=True)):
             try:
-                queries.append(self._query(search, f"searches[{pos}]."))
+                if isinstance(probe, InvalidArgument):
+                    raise probe
+                queries.append(self._query(search, f"searches[{pos}].", probe))
                 positions.append(pos)
             except TunggalError as exc:
-                results[pos] = pb.NodeSearchBatchResult(code=exc.code.value[0], message=exc.message)
+                results[pos].code = exc.code.value[0]
+                results[pos].message = exc.message
         if queries:
             found = gallery.search_many(queries)
             for pos, query, matches in zip(positions, queries, found, strict=True):
-                results[pos] = pb.NodeSearchBatchResult(
-                    code=0, response=self._response(gallery, query, matches)
-                )
-        return pb.NodeSearchBatchResponse(results=results)
+                self._fill(results[pos].response, gallery, query, matches)
+        return reply
 
     @sync_errors
     def GetSubject(

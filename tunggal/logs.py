@@ -32,8 +32,9 @@ def configure_logging(level: str = "info", service: str = "tunggal") -> None:
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.PrintLoggerFactory(file=cast(TextIO, _CurrentStderr())),
-        # Not cached: a later configure() (tests, reconfiguration) takes effect
-        # for module-level loggers too.
-        cache_logger_on_first_use=False,
+        # A process configures once, at start: each logger binds its processor
+        # chain on first use instead of on every line (the audit log writes one
+        # per call). Tests configure structlog themselves, without this.
+        cache_logger_on_first_use=True,
     )
     structlog.contextvars.bind_contextvars(service=service)

@@ -6,7 +6,9 @@ so both reject the same inputs with the same messages.
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -49,6 +51,42 @@ def decode_template(template: pb.Template, dim: int, field: str) -> FloatMatrix:
     if norm == 0.0 or not np.isfinite(norm):
         raise InvalidArgument(f"{field}.data is an all-zero vector (no direction to match)")
     out: FloatMatrix = vec / np.float32(norm)
+    return out
+
+
+def decode_template_batch(
+    templates: Sequence[pb.Template], dim: int, fields: Sequence[str]
+) -> list[FloatMatrix | InvalidArgument]:
+    """`decode_template` of many templates at once: one row or one error each.
+
+    Well-formed templates are checked and normalised in one vectorised pass;
+    any that fail are decoded again one by one for `decode_template`'s own
+    message (naming its entry of `fields`)."""
+    n = len(templates)
+    size = 4 * dim
+    out: list[FloatMatrix | InvalidArgument] = []
+    if n == 0:
+        return out
+    if any(t.dim != dim or len(t.data) != size for t in templates):
+        for template, field in zip(templates, fields, strict=True):
+            try:
+                out.append(decode_template(template, dim, field))
+            except InvalidArgument as exc:
+                out.append(exc)
+        return out
+    rows = np.frombuffer(b"".join(t.data for t in templates), dtype=_LE_F32).reshape(n, dim)
+    rows = rows.astype(np.float32)
+    norms = np.linalg.norm(rows, axis=1)
+    good = np.isfinite(rows).all(axis=1) & np.isfinite(norms) & (norms > 0)
+    rows /= np.where(good, norms, np.float32(1.0))[:, None]
+    for i, ok in enumerate(good.tolist()):
+        if ok:
+            out.append(rows[i])
+        else:
+            try:
+                out.append(decode_template(templates[i], dim, fields[i]))
+            except InvalidArgument as exc:
+                out.append(exc)
     return out
 
 
@@ -107,7 +145,7 @@ def check_k(k: int, max_k: int) -> int:
 
 def check_score(value: float, field: str) -> float:
     """Return a similarity bound if it is a finite value in [-1, 1]."""
-    if not np.isfinite(value) or value < -1.0 or value > 1.0:
+    if not math.isfinite(value) or value < -1.0 or value > 1.0:
         raise InvalidArgument(f"{field} is {value}, must be a number between -1 and 1")
     return float(value)
 
