@@ -38,6 +38,7 @@ import structlog
 from matcher.calibration import DEFAULT_GRID, Calibration, choose_ef, make_probes
 from matcher.exact import ExactMatrix
 from matcher.memtrim import release_free_memory
+from matcher.owners import OwnerTable
 from matcher.rwlock import RWLock
 from matcher.snapshot import read_manifest, remove_leftovers, snapshots, write_snapshot
 from matcher.store import EnrollOp, Store
@@ -111,7 +112,7 @@ class Gallery:
         self._rw = RWLock()
         self._write_mutex = threading.Lock()
         self._store = Store(self.data_dir / "gallery.sqlite", self.dim)
-        self._owners: list[str | None] = []
+        self._owners = OwnerTable(0)
         self._free: deque[int] = deque()
         self._next_label = 0
         self._alive = 0
@@ -166,13 +167,12 @@ class Gallery:
         # 3. The truth: every stored template, streamed into the matrix and
         # owner list (one chunk in memory at a time).
         self._matrix = ExactMatrix(self.dim, capacity, dtype=self.settings.exact_dtype)
-        self._owners = [None] * capacity
+        self._owners = OwnerTable(capacity)
         live = np.zeros(capacity, dtype=bool)
         for labels, subjects, vectors in self._store.iter_templates():
             self._matrix.set_rows(labels, vectors)
             live[labels] = True
-            for label, subject in zip(labels.tolist(), subjects, strict=True):
-                self._owners[label] = subject
+            self._owners.assign(labels, subjects)
         stored = np.nonzero(live)[0]
         self._alive = len(stored)
         if index is None:
@@ -217,12 +217,12 @@ class Gallery:
     def _replay(self, index: hnswlib.Index, touched: Labels) -> None:
         """Bring a snapshot's index up to date with the store for `touched` labels."""
         in_index = set(index.get_ids_list())
-        adds = [label for label in touched.tolist() if self._owners[label] is not None]
+        adds = [label for label in touched.tolist() if self._owners.get(label) is not None]
         if adds:
             arr = np.array(adds, dtype=np.int64)
             index.add_items(self._store.vectors(arr), arr, num_threads=self.settings.index_threads)
         for label in touched.tolist():
-            if self._owners[label] is None and label in in_index:
+            if self._owners.get(label) is None and label in in_index:
                 with contextlib.suppress(RuntimeError):  # already deleted in the snapshot
                     index.mark_deleted(label)
         _log.info("log_replayed", labels=len(touched), upserts=len(adds))
@@ -287,8 +287,7 @@ class Gallery:
         with self._rw.exclusive():
             self._matrix.set_rows(added, vectors)
             for op in ops:
-                for label in op.labels.tolist():
-                    self._owners[label] = op.subject_id
+                self._owners.set(op.labels, op.subject_id)
             self._hide(removed)
         self._alive += len(added) - len(removed)
         self._forget(removed)
@@ -312,8 +311,7 @@ class Gallery:
         """Under the exclusive lock: make labels invisible to searches."""
         if len(labels):
             self._matrix.clear_rows(labels)
-            for label in labels.tolist():
-                self._owners[label] = None
+            self._owners.clear(labels)
 
     def _forget(self, labels: Labels) -> None:
         """Drop hidden labels from HNSW and make them reusable."""
@@ -336,7 +334,7 @@ class Gallery:
         with self._rw.exclusive():
             self._index.resize_index(capacity)
             self._matrix.grow(capacity)
-            self._owners.extend([None] * (capacity - len(self._owners)))
+            self._owners.grow(capacity)
         release_free_memory()  # the index's and matrix's previous buffers
         _log.info("gallery_grown", capacity=capacity)
 
@@ -501,12 +499,12 @@ class Gallery:
         under the k-th subject's score once k are found (rows tied with it are
         kept, so the (score, subject_id) order stays exact)."""
         best: dict[str, float] = {}
-        owners = self._owners
+        owner_of = self._owners.get
         floor = -np.inf  # the k-th subject's score, once k are found
         for label, score in zip(labels.tolist(), scores.tolist(), strict=True):
             if score < min_score or score < floor:
                 break
-            owner = owners[label]
+            owner = owner_of(label)
             if owner is None or owner in best:
                 continue
             best[owner] = score
@@ -522,7 +520,7 @@ class Gallery:
             for lo in range(0, len(probes), _CALIBRATION_CHUNK * 10):
                 labels, scores = self._matrix.search(probes[lo : lo + _CALIBRATION_CHUNK * 10], 1)
                 for label, score in zip(labels[:, 0].tolist(), scores[:, 0].tolist(), strict=True):
-                    owner = self._owners[label] if label >= 0 else None
+                    owner = self._owners.get(label) if label >= 0 else None
                     out.append((owner, score if owner is not None else -np.inf))
         return out
 
@@ -531,7 +529,8 @@ class Gallery:
         labels = self._store.labels_of(subject_id)
         with self._rw.shared():
             labels = np.array(
-                [lb for lb in labels.tolist() if self._owners[lb] == subject_id], dtype=np.int64
+                [lb for lb in labels.tolist() if self._owners.get(lb) == subject_id],
+                dtype=np.int64,
             )
             if len(labels) == 0:
                 raise NotFound(f"subject {subject_id!r} is not enrolled")
@@ -596,11 +595,11 @@ class Gallery:
             pick = rng.choice(
                 live, size=min(self.settings.calibration_probes, len(live)), replace=False
             )
-            sources = [self._owners[int(lb)] or "" for lb in pick]
+            sources = [self._owners.get(int(lb)) or "" for lb in pick]
             probes = make_probes(self._matrix.rows(pick), self.settings.calibration_genuine, rng)
             exact_labels, _ = self._matrix.search(probes, 1)
             exact_top = [
-                self._owners[int(lb)] or "" if lb >= 0 else "" for lb in exact_labels[:, 0]
+                self._owners.get(int(lb)) or "" if lb >= 0 else "" for lb in exact_labels[:, 0]
             ]
             templates = self._alive
 
@@ -612,7 +611,7 @@ class Gallery:
                     chunk = probes[lo : lo + _CALIBRATION_CHUNK]
                     found, _ = self._knn(chunk, k, self.settings.index_threads)
                     best = found[:, 0] if found.shape[1] else np.full(len(chunk), -1)
-                    top.extend(self._owners[int(lb)] or "" if lb >= 0 else "" for lb in best)
+                    top.extend(self._owners.get(int(lb)) or "" if lb >= 0 else "" for lb in best)
             return top
 
         result = choose_ef(

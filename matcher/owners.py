@@ -1,0 +1,114 @@
+"""Which subject owns each label, packed: the gallery's label -> subject_id map.
+
+A Python list of str costs about 73 bytes a label (an 8-byte pointer and a
+65-byte str object for a 16-character NIK). Here a label costs a 9-byte entry
+(offset into one byte arena, and length) plus its id's bytes: 25 bytes for a
+NIK. Subject ids are ASCII of 1..64 characters (`tunggal.templates`), so a
+length of 0 marks a free label.
+
+Bytes of cleared labels stay in the arena until they outnumber the live
+ones; then the arena is rewritten in one vectorised pass (so each clear
+costs a constant amount, amortised).
+
+Thread safety: as for the gallery's other in-memory state, writes need the
+gallery's exclusive lock and reads its shared lock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+Labels = npt.NDArray[np.int64]
+
+_MAX_ID_BYTES = 255
+COMPACT_MIN_GARBAGE = 1 << 20
+"""Bytes of garbage below which the arena is never rewritten."""
+
+
+class OwnerTable:
+    """label -> subject_id (or None) for `capacity` labels (see the module docstring)."""
+
+    def __init__(self, capacity: int) -> None:
+        self._offset: npt.NDArray[np.int64] = np.zeros(capacity, dtype=np.int64)
+        self._length: npt.NDArray[np.uint8] = np.zeros(capacity, dtype=np.uint8)
+        self._arena = bytearray()
+        self._live_bytes = 0
+        self.compact_min_garbage = COMPACT_MIN_GARBAGE
+
+    @property
+    def garbage_bytes(self) -> int:
+        """Arena bytes no label points to any more."""
+        return len(self._arena) - self._live_bytes
+
+    def __len__(self) -> int:
+        return int(self._length.shape[0])
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held: the entries and the arena (garbage included)."""
+        return int(self._offset.nbytes + self._length.nbytes + len(self._arena))
+
+    def get(self, label: int) -> str | None:
+        """The subject owning `label`, None when it is free."""
+        length = int(self._length[label])
+        if length == 0:
+            return None
+        start = int(self._offset[label])
+        return self._arena[start : start + length].decode("ascii")
+
+    def set(self, labels: Labels, subject_id: str) -> None:
+        """Give every one of `labels` to `subject_id`."""
+        self.assign(labels, [subject_id] * len(labels))
+
+    def assign(self, labels: Labels, subject_ids: Sequence[str]) -> None:
+        """Give `labels[i]` to `subject_ids[i]` (labels held before are overwritten)."""
+        if len(labels) == 0:
+            return
+        labels = np.asarray(labels, dtype=np.int64)
+        if len(np.unique(labels)) != len(labels):
+            raise ValueError("a label appears twice")
+        self._live_bytes -= int(self._length[labels].sum(dtype=np.int64))
+        encoded = [s.encode("ascii") for s in subject_ids]
+        lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
+        if lengths.min() < 1 or lengths.max() > _MAX_ID_BYTES:
+            raise ValueError(f"subject ids must have 1..{_MAX_ID_BYTES} bytes")
+        self._offset[labels] = len(self._arena) + np.cumsum(lengths) - lengths
+        self._length[labels] = lengths
+        self._arena += b"".join(encoded)
+        self._live_bytes += int(lengths.sum())
+        self._compact_if_due()
+
+    def clear(self, labels: Labels) -> None:
+        """Free `labels` (free ones stay free)."""
+        if len(labels) == 0:
+            return
+        labels = np.unique(np.asarray(labels, dtype=np.int64))
+        self._live_bytes -= int(self._length[labels].sum(dtype=np.int64))
+        self._length[labels] = 0
+        self._compact_if_due()
+
+    def grow(self, capacity: int) -> None:
+        """Room for `capacity` labels (never shrinks)."""
+        extra = capacity - len(self)
+        if extra > 0:
+            self._offset = np.concatenate([self._offset, np.zeros(extra, dtype=np.int64)])
+            self._length = np.concatenate([self._length, np.zeros(extra, dtype=np.uint8)])
+
+    def _compact_if_due(self) -> None:
+        if self.garbage_bytes > max(self._live_bytes, self.compact_min_garbage):
+            self._compact()
+
+    def _compact(self) -> None:
+        """Rewrite the arena with the live labels' bytes only."""
+        live = np.nonzero(self._length)[0]
+        lengths = self._length[live].astype(np.int64)
+        starts = np.cumsum(lengths) - lengths
+        source = np.repeat(self._offset[live] - starts, lengths) + np.arange(int(lengths.sum()))
+        arena = np.frombuffer(self._arena, dtype=np.uint8)
+        self._arena = bytearray(arena[source].tobytes())
+        del arena  # the old buffer is released with its last view
+        self._offset[live] = starts
+        self._live_bytes = len(self._arena)
