@@ -60,7 +60,7 @@ def test_a_nik_costs_25_bytes_a_label_and_bad_ids_are_refused() -> None:
     table.assign(np.arange(1000, dtype=np.int64), [f"3201{i:012d}" for i in range(1000)])
     assert table.nbytes == 1000 * 25
     assert table.get(999) == "3201000000000999"
-    with pytest.raises(ValueError, match="1..255 bytes"):
+    with pytest.raises(ValueError, match=r"1\.\.255 bytes"):
         table.set(np.array([1], dtype=np.int64), "")
     with pytest.raises(ValueError, match="twice"):
         table.assign(np.array([2, 2], dtype=np.int64), ["a", "b"])
