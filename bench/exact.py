@@ -115,6 +115,8 @@ class Case:
     hnsw: list[tuple[int, dict[int, float], float, float]] = field(default_factory=list)
     hnsw_build_s: float | None = None
     calibrated_ef: int | None = None  # what a node's calibration picks for this index
+    calibration_met: bool = True  # False: even the grid's largest ef missed the target
+    calibration_hit_rate: float = 0.0  # on the calibration's own probes
 
 
 def generate(
@@ -177,6 +179,8 @@ def run_case(args: argparse.Namespace, size: int, dim: int, structure: float) ->
         log(f"  hnswlib build {case.hnsw_build_s:.1f}s")
         calibration = calibrated_ef(index, gallery, threads)
         case.calibrated_ef = calibration.ef
+        case.calibration_met = calibration.met
+        case.calibration_hit_rate = calibration.hit_rate
         log(f"  calibrated ef {calibration.ef} (hit rate {calibration.hit_rate:.4f})")
         efs = sorted({*args.efs, calibration.ef})
         for ef in efs:
@@ -295,7 +299,14 @@ def report(args: argparse.Namespace, cases: list[Case]) -> str:
                     f"{rates[b]:,.1f} | {rates[b] / c.rates['onnx float32'][b]:.1f}x"
                     for b in batches
                 )
-                ef_cell = f"**{ef} (calibrated)**" if ef == c.calibrated_ef else str(ef)
+                ef_cell = str(ef)
+                if ef == c.calibrated_ef:
+                    ef_cell = (
+                        f"**{ef} (calibrated)**"
+                        if c.calibration_met
+                        else f"**{ef} (largest tried: target not met, "
+                        f"{c.calibration_hit_rate:.4f} of exact's hits)**"
+                    )
                 lines.append(
                     f"| {c.size:,} | {c.dim} | {c.structure} | {c.hnsw_build_s:.0f} | "
                     f"{ef_cell} | {cells} | {hit:.4f} | {c.exact_hit:.4f} | {agree:.4f} |"
