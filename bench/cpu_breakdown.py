@@ -3,6 +3,8 @@
     python -m bench.cpu_breakdown [--subjects 100000] \\
         --variant "2 in flight:TUNGGAL_GATEWAY_SEARCH_BATCHES_IN_FLIGHT=2" \\
         --variant "1 in flight:TUNGGAL_GATEWAY_SEARCH_BATCHES_IN_FLIGHT=1"
+    git worktree add /tmp/before HEAD~3
+    python -m bench.cpu_breakdown --variant "before@/tmp/before:" --variant "now:"
 
 Enrolls one structured gallery once (kept in --data-dir between runs), then
 for each of --runs rounds starts the local cluster (gateway + 2 nodes, real
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -41,17 +44,20 @@ _PROCESSES = ("gateway", "node-0", "node-1", "client")
 
 @dataclass(frozen=True)
 class Variant:
-    """A name and the environment its cluster starts with."""
+    """A name, the environment its cluster starts with, and the checkout it runs
+    (None: this one)."""
 
     name: str
     env: dict[str, str]
+    checkout: Path | None = None
 
     @classmethod
     def parse(cls, text: str) -> Variant:
-        """``name:KEY=VALUE,KEY=VALUE`` (no variables: the defaults)."""
-        name, _, assignments = text.partition(":")
-        env = dict(a.split("=", 1) for a in assignments.split(",") if a.strip())
-        return cls(name.strip(), env)
+        """``name[@checkout]:KEY=VALUE,KEY=VALUE`` (no variables: the defaults)."""
+        head, _, assignments = text.partition(":")
+        name, _, checkout = head.partition("@")
+        env = dict(a.strip().split("=", 1) for a in assignments.split(",") if a.strip())
+        return cls(name.strip(), env, Path(checkout.strip()) if checkout.strip() else None)
 
 
 @dataclass(frozen=True)
@@ -70,12 +76,20 @@ class Round:
         return sum(self.cpu_us.values())
 
 
-def cluster(args: argparse.Namespace, env: dict[str, str]) -> LocalCluster:
+def cluster(
+    args: argparse.Namespace, env: dict[str, str], checkout: Path | None = None
+) -> LocalCluster:
     """The benchmark's cluster (not started) over the stored gallery."""
     data = Path(args.data_dir)
     tenants = write_all_methods_tenants(data / "tenants.toml", _KEY)
     return LocalCluster(
-        data, base_port=args.port, nodes=2, tenants_file=tenants, env=env, start_timeout=1800
+        data,
+        base_port=args.port,
+        nodes=2,
+        tenants_file=tenants,
+        env=env,
+        start_timeout=1800,
+        code_dir=checkout,
     )
 
 
@@ -101,7 +115,7 @@ def measure(
     args: argparse.Namespace, variant: Variant, probes: np.ndarray, truth: list[str]
 ) -> Round:
     """Start the variant's cluster, warm it up, run the Identify load, stop it."""
-    cl = cluster(args, variant.env).start()
+    cl = cluster(args, variant.env, variant.checkout).start()
     try:
         with TunggalClient(cl.address, timeout=60, metadata=bearer(_KEY)) as client:
             for probe in probes[:200]:  # warm-up: channels, batchers, caches
@@ -138,6 +152,20 @@ def measure(
     )
 
 
+def checkout_commit(checkout: Path) -> str:
+    """`git describe`-like name of a checkout's HEAD (its short hash)."""
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return str(checkout)
+    return f"commit {out.stdout.strip()}"
+
+
 def render(
     args: argparse.Namespace, variants: list[Variant], rounds: dict[str, list[Round]]
 ) -> str:
@@ -165,6 +193,8 @@ def render(
             a.total_us / b.total_us for a, b in zip(rs, rounds[ref], strict=True)
         )
         env = ", ".join(f"`{k}={val}`" for k, val in v.env.items()) or "defaults"
+        if v.checkout is not None:
+            env += f"; code of {checkout_commit(v.checkout)}"
         lines.append(
             f"| {v.name} | {env} | {statistics.median(r.qps for r in rs):,.0f} | "
             f"{statistics.median(r.p50_ms for r in rs):.2f} / "
@@ -190,7 +220,9 @@ def main(argv: list[str] | None = None) -> None:
         "--variant",
         action="append",
         type=Variant.parse,
-        help="name:KEY=VALUE,... (repeatable; the first is the reference; default: the defaults)",
+        help="name[@checkout]:KEY=VALUE,... (repeatable; the first is the reference; default: "
+        "the defaults); @checkout runs that checkout's code (e.g. a git worktree of an older "
+        "commit) over the same stored gallery",
     )
     p.add_argument("--data-dir", default="/tmp/tunggal-bench-cpu", help="the stored gallery")
     p.add_argument("--no-write", action="store_true")

@@ -94,7 +94,9 @@ class LocalCluster:
 
     `tenants_file` None runs the gateway without authentication;
     `metrics_port` 0 turns /metrics off; `internal_secret` None lets anyone
-    call the nodes.
+    call the nodes; `code_dir` runs the processes from another checkout of
+    Tunggal (its matcher/, gateway/ and tunggal/ packages) instead of this
+    one, so benchmarks can compare two commits side by side.
     """
 
     data_dir: Path
@@ -108,6 +110,7 @@ class LocalCluster:
     internal_secret: str | None = field(
         default_factory=lambda: secrets.token_urlsafe(32), repr=False
     )
+    code_dir: Path | None = None
     node_specs: list[ProcessSpec] = field(init=False)
     gateway_spec: ProcessSpec = field(init=False)
 
@@ -167,6 +170,10 @@ class LocalCluster:
         env.pop(SECRET_ENV, None)
         if self.internal_secret:
             env[SECRET_ENV] = self.internal_secret
+        if self.code_dir is not None:
+            env["PYTHONPATH"] = os.pathsep.join(
+                [str(Path(self.code_dir).resolve()), *filter(None, [env.get("PYTHONPATH")])]
+            )
         return env
 
     def _spawn(self, spec: ProcessSpec) -> None:
@@ -174,7 +181,12 @@ class LocalCluster:
         env = self.process_env()
         with (self.log_dir / f"{spec.name}.log").open("ab") as log:
             spec.proc = subprocess.Popen(
-                spec.argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+                spec.argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=self.code_dir,
+                start_new_session=True,
             )
 
     def start(self) -> LocalCluster:
