@@ -673,7 +673,7 @@ def settings_from_args(argv: Sequence[str] | None = None) -> GatewaySettings:
 def main(argv: Sequence[str] | None = None) -> None:
     """Console entry point (``tunggal-gateway``)."""
     config = config_from_args(argv)
-    configure_logging(config.settings.log_level, service="gateway")
+    configure_logging(config.settings.log_level, service="gateway", cache=True)
     try:
         asyncio.run(run(config))
     except (TenantsFileError, OSError) as exc:

@@ -133,7 +133,7 @@ def parse_args(argv: list[str] | None = None) -> NodeSettings:
 def main(argv: list[str] | None = None) -> None:
     """Run one matcher node until SIGTERM/SIGINT."""
     settings = parse_args(argv)
-    configure_logging(settings.log_level, service=f"node:{settings.name}")
+    configure_logging(settings.log_level, service=f"node:{settings.name}", cache=True)
     secret = internal_secret()
     if secret is None:
         _log.warning("internal_auth_off", detail=f"{SECRET_ENV} is not set: any caller is served")

@@ -19,8 +19,15 @@ class _CurrentStderr:
         sys.stderr.flush()
 
 
-def configure_logging(level: str = "info", service: str = "tunggal") -> None:
-    """Send JSON log lines to stderr at `level`, tagged with `service`."""
+def configure_logging(
+    level: str = "info", service: str = "tunggal", *, cache: bool = False
+) -> None:
+    """Send JSON log lines to stderr at `level`, tagged with `service`.
+
+    `cache` binds each logger's processor chain on its first use instead of on
+    every line (the gateway's audit log writes one per call). Only a server
+    process that configures once, for good, should set it: a cached logger
+    ignores any later ``structlog.configure``, such as a test's."""
     numeric = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
     structlog.configure(
         processors=[
@@ -32,9 +39,6 @@ def configure_logging(level: str = "info", service: str = "tunggal") -> None:
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.PrintLoggerFactory(file=cast(TextIO, _CurrentStderr())),
-        # A process configures once, at start: each logger binds its processor
-        # chain on first use instead of on every line (the audit log writes one
-        # per call). Tests configure structlog themselves, without this.
-        cache_logger_on_first_use=True,
+        cache_logger_on_first_use=cache,
     )
     structlog.contextvars.bind_contextvars(service=service)
