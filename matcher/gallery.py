@@ -217,12 +217,14 @@ class Gallery:
     def _replay(self, index: hnswlib.Index, touched: Labels) -> None:
         """Bring a snapshot's index up to date with the store for `touched` labels."""
         in_index = set(index.get_ids_list())
-        adds = [label for label in touched.tolist() if self._owners.get(label) is not None]
-        if adds:
-            arr = np.array(adds, dtype=np.int64)
-            index.add_items(self._store.vectors(arr), arr, num_threads=self.settings.index_threads)
-        for label in touched.tolist():
-            if self._owners.get(label) is None and label in in_index:
+        held = self._owners.held(touched)
+        adds = touched[held]
+        if len(adds):
+            index.add_items(
+                self._store.vectors(adds), adds, num_threads=self.settings.index_threads
+            )
+        for label in touched[~held].tolist():
+            if label in in_index:
                 with contextlib.suppress(RuntimeError):  # already deleted in the snapshot
                     index.mark_deleted(label)
         _log.info("log_replayed", labels=len(touched), upserts=len(adds))
@@ -595,12 +597,10 @@ class Gallery:
             pick = rng.choice(
                 live, size=min(self.settings.calibration_probes, len(live)), replace=False
             )
-            sources = [self._owners.get(int(lb)) or "" for lb in pick]
+            sources = self._owners.names(pick)
             probes = make_probes(self._matrix.rows(pick), self.settings.calibration_genuine, rng)
             exact_labels, _ = self._matrix.search(probes, 1)
-            exact_top = [
-                self._owners.get(int(lb)) or "" if lb >= 0 else "" for lb in exact_labels[:, 0]
-            ]
+            exact_top = self._owners.names(exact_labels[:, 0])
             templates = self._alive
 
         def hnsw_top(ef: int) -> list[str]:
@@ -611,7 +611,7 @@ class Gallery:
                     chunk = probes[lo : lo + _CALIBRATION_CHUNK]
                     found, _ = self._knn(chunk, k, self.settings.index_threads)
                     best = found[:, 0] if found.shape[1] else np.full(len(chunk), -1)
-                    top.extend(self._owners.get(int(lb)) or "" if lb >= 0 else "" for lb in best)
+                    top.extend(self._owners.names(best))
             return top
 
         result = choose_ef(

@@ -59,6 +59,15 @@ class OwnerTable:
         start = int(self._offset[label])
         return self._arena[start : start + length].decode("ascii")
 
+    def held(self, labels: Labels) -> npt.NDArray[np.bool_]:
+        """Which of `labels` have an owner."""
+        out: npt.NDArray[np.bool_] = self._length[labels] > 0
+        return out
+
+    def names(self, labels: Labels) -> list[str]:
+        """The owner of each of `labels`, "" for a free label or for -1 (no label)."""
+        return [self.get(lb) or "" if lb >= 0 else "" for lb in np.asarray(labels).tolist()]
+
     def set(self, labels: Labels, subject_id: str) -> None:
         """Give every one of `labels` to `subject_id`."""
         self.assign(labels, [subject_id] * len(labels))

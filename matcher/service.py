@@ -208,7 +208,7 @@ class MatcherNodeService(pb_grpc.MatcherNodeServicer):
         probes = tpl.decode_template_batch(
             [s.probe for s in searches],
             self.settings.dim,
-            [f"searches[{pos}].probe.template" for pos in range(n)],
+            lambda pos: f"searches[{pos}].probe.template",
         )
         for pos, (search, probe) in enumerate(zip(searches, probes, strict=True)):
             try:

@@ -50,6 +50,12 @@ def test_the_table_answers_like_a_dict_through_writes_clears_growth_and_compacti
         assert [table.get(lb) for lb in range(len(table))] == [
             model.get(lb) for lb in range(len(table))
         ]
+        everyone = np.arange(len(table), dtype=np.int64)
+        assert table.held(everyone).tolist() == [lb in model for lb in range(len(table))]
+        assert table.names(np.append(everyone, -1)) == [
+            *(model.get(lb, "") for lb in range(len(table))),
+            "",
+        ]
         live = sum(len(s) for s in model.values())
         assert table.garbage_bytes <= max(live, 0)  # compaction keeps garbage bounded
         assert table.nbytes == 9 * len(table) + live + table.garbage_bytes

@@ -44,8 +44,7 @@ def test_batch_decoding_gives_the_same_rows_and_messages(odd_one: str | None) ->
         templates.append(encode_template(np.ones(_DIM + 1)))
     elif odd_one == "bytes":
         templates.append(pb.Template(data=b"\0" * (4 * _DIM - 1), dim=_DIM))
-    fields = [f"t[{i}]" for i in range(len(templates))]
-    batch = decode_template_batch(templates, _DIM, fields)
+    batch = decode_template_batch(templates, _DIM, lambda i: f"t[{i}]")
     single = _decoded_one_by_one(templates)
     assert len(batch) == len(single)
     for got, want in zip(batch, single, strict=True):
@@ -57,4 +56,4 @@ def test_batch_decoding_gives_the_same_rows_and_messages(odd_one: str | None) ->
             np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
             assert abs(float(np.linalg.norm(got)) - 1.0) < 1e-6
     assert [isinstance(r, InvalidArgument) for r in batch][:5] == [False, True, True, True, False]
-    assert decode_template_batch([], _DIM, []) == []
+    assert decode_template_batch([], _DIM, str) == []

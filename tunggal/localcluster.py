@@ -170,10 +170,6 @@ class LocalCluster:
         env.pop(SECRET_ENV, None)
         if self.internal_secret:
             env[SECRET_ENV] = self.internal_secret
-        if self.code_dir is not None:
-            env["PYTHONPATH"] = os.pathsep.join(
-                [str(Path(self.code_dir).resolve()), *filter(None, [env.get("PYTHONPATH")])]
-            )
         return env
 
     def _spawn(self, spec: ProcessSpec) -> None:
@@ -185,7 +181,7 @@ class LocalCluster:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
-                cwd=self.code_dir,
+                cwd=self.code_dir,  # `python -m` imports from its working directory first
                 start_new_session=True,
             )
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -55,22 +55,22 @@ def decode_template(template: pb.Template, dim: int, field: str) -> FloatMatrix:
 
 
 def decode_template_batch(
-    templates: Sequence[pb.Template], dim: int, fields: Sequence[str]
+    templates: Sequence[pb.Template], dim: int, field: Callable[[int], str]
 ) -> list[FloatMatrix | InvalidArgument]:
     """`decode_template` of many templates at once: one row or one error each.
 
     Well-formed templates are checked and normalised in one vectorised pass;
     any that fail are decoded again one by one for `decode_template`'s own
-    message (naming its entry of `fields`)."""
+    message, naming `field(i)` (only built for those)."""
     n = len(templates)
     size = 4 * dim
     out: list[FloatMatrix | InvalidArgument] = []
     if n == 0:
         return out
     if any(t.dim != dim or len(t.data) != size for t in templates):
-        for template, field in zip(templates, fields, strict=True):
+        for i, template in enumerate(templates):
             try:
-                out.append(decode_template(template, dim, field))
+                out.append(decode_template(template, dim, field(i)))
             except InvalidArgument as exc:
                 out.append(exc)
         return out
@@ -84,7 +84,7 @@ def decode_template_batch(
             out.append(rows[i])
         else:
             try:
-                out.append(decode_template(templates[i], dim, fields[i]))
+                out.append(decode_template(templates[i], dim, field(i)))
             except InvalidArgument as exc:
                 out.append(exc)
     return out
