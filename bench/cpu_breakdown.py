@@ -38,7 +38,7 @@ from tunggal.localcluster import LocalCluster, write_all_methods_tenants
 from tunggal.synthetic import FaceModel, subject_id
 
 _K = 10
-_KEY = "bench-cpu-breakdown-key"
+KEY = "bench-cpu-breakdown-key"
 _PROCESSES = ("gateway", "node-0", "node-1", "client")
 
 
@@ -81,7 +81,7 @@ def cluster(
 ) -> LocalCluster:
     """The benchmark's cluster (not started) over the stored gallery."""
     data = Path(args.data_dir)
-    tenants = write_all_methods_tenants(data / "tenants.toml", _KEY)
+    tenants = write_all_methods_tenants(data / "tenants.toml", KEY)
     return LocalCluster(
         data,
         base_port=args.port,
@@ -97,7 +97,7 @@ def seed(args: argparse.Namespace, model: FaceModel) -> None:
     """Enroll identities 0..subjects-1 unless the stored gallery has them."""
     with (
         cluster(args, {}) as cl,
-        TunggalClient(cl.address, timeout=120, metadata=bearer(_KEY)) as c,
+        TunggalClient(cl.address, timeout=120, metadata=bearer(KEY)) as c,
     ):
         have = sum(s.templates for s in c.stats())
         if have >= args.subjects:
@@ -117,7 +117,7 @@ def measure(
     """Start the variant's cluster, warm it up, run the Identify load, stop it."""
     cl = cluster(args, variant.env, variant.checkout).start()
     try:
-        with TunggalClient(cl.address, timeout=60, metadata=bearer(_KEY)) as client:
+        with TunggalClient(cl.address, timeout=60, metadata=bearer(KEY)) as client:
             for probe in probes[:200]:  # warm-up: channels, batchers, caches
                 client.identify(probe, k=_K)
             pids = {

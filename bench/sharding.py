@@ -1,0 +1,223 @@
+"""What splitting a gallery over shards costs, before and through the RPC path.
+
+    python -m bench.sharding [--subjects 1000000] [--data-dir DIR] [--queries 2000] [--runs 3]
+
+Uses the stored gallery of `bench.cpu_breakdown` (--data-dir; structured
+FaceModel subjects 0..n-1 enrolled from capture 0 over 2 nodes, enrolled first
+if it is not there), and holds in this one process:
+
+- each node's newest snapshot index and its stored templates (the shard
+  map's split of the gallery);
+- one raw hnswlib index over the whole gallery (FaceModel rows 0..n-1, built
+  with the nodes' M and ef_construction, or loaded from the bench cache).
+
+Each index is calibrated the nodes' way (`bench.reference.calibrated_ef`: the
+same probes, target and grid, numpy exact search as the oracle). Then the same
+mated probes are searched from the same client threads, three ways taking
+turns within each round:
+
+- **raw**: one `knn_query` over the whole gallery at its calibrated ef;
+- **ideal sharding**: one `knn_query` per shard at that shard's calibrated ef,
+  both in the calling thread, then the per-subject merge: no RPC, no server;
+- **gateway**: Identify through the local cluster (gateway + the 2 nodes as
+  processes, started over the same data, calibrated by the nodes themselves).
+
+ideal/raw is the most that any gateway over these shards can reach on this
+machine at equal accuracy; gateway/ideal is what the RPC path keeps of it.
+Appends its figures to docs/BENCHMARKS.md unless --no-write.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import hnswlib
+import numpy as np
+import numpy.typing as npt
+
+from bench.cpu_breakdown import KEY, cluster, seed
+from bench.identify import Load, run_load, settled_stats
+from bench.reference import calibrated_ef, raw_hnsw
+from bench.report import append, log, machine, now
+from matcher.snapshot import read_manifest, snapshots
+from matcher.store import Store
+from tunggal.client import TunggalClient, bearer
+from tunggal.settings import NodeSettings
+from tunggal.synthetic import FaceModel, identity_of, subject_id
+
+FloatMatrix = npt.NDArray[np.float32]
+_K = 10
+
+
+@dataclass
+class Shard:
+    """One node's index, its gallery rows by label and each label's identity number."""
+
+    name: str
+    index: hnswlib.Index
+    rows: FloatMatrix
+    identity: npt.NDArray[np.int64]
+    ef: int = 0
+
+
+def load_shard(data_dir: Path, dim: int) -> Shard:
+    """The newest good snapshot of a node's data directory, with its stored templates."""
+    for path in snapshots(data_dir / "snapshots"):
+        manifest = read_manifest(path)
+        if manifest is not None and manifest.dim == dim:
+            break
+    else:
+        raise SystemExit(f"{data_dir}: no snapshot of dimension {dim}")
+    store = Store(data_dir / "gallery.sqlite", dim)
+    try:
+        bound = store.label_bound()
+        rows = np.zeros((bound, dim), dtype=np.float32)
+        identity = np.full(bound, -1, dtype=np.int64)
+        for labels, subjects, vectors in store.iter_templates():
+            rows[labels] = vectors
+            identity[labels] = [identity_of(s) for s in subjects]
+    finally:
+        store.close()
+    index = hnswlib.Index(space="cosine", dim=dim)
+    index.load_index(str(path / "index.bin"), max_elements=max(bound, manifest.capacity))
+    if index.get_current_count() != int((identity >= 0).sum()):
+        raise SystemExit(f"{data_dir}: the snapshot is behind the store; restart the node once")
+    return Shard(data_dir.name, index, rows, identity)
+
+
+def sharded_top(shards: list[Shard], probe: FloatMatrix) -> list[int]:
+    """Top-_K identity numbers over all shards, one search per shard."""
+    found: list[tuple[float, int]] = []
+    for shard in shards:
+        labels, distances = shard.index.knn_query(probe, k=_K * 3, num_threads=1)
+        found += [
+            (float(d), int(shard.identity[lb]))
+            for lb, d in zip(labels[0], distances[0], strict=True)
+        ]
+    best: dict[int, float] = {}
+    for distance, ident in sorted(found):
+        best.setdefault(ident, distance)
+    return sorted(best, key=lambda i: best[i])[:_K]
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--subjects", type=int, default=1_000_000)
+    p.add_argument("--data-dir", default="/tmp/tunggal-bench-cpu", help="the stored gallery")
+    p.add_argument("--port", type=int, default=48151)
+    p.add_argument("--queries", type=int, default=2000)
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
+    p.add_argument("--no-write", action="store_true")
+    p.add_argument(
+        "--cache",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "tunggal-bench-cache",
+        help="where raw hnswlib reference indexes are kept between runs",
+    )
+    args = p.parse_args(argv)
+    model = FaceModel(dim=128, structure=0.7)
+    seed(args, model)  # enrolls (and snapshots, at stop) unless the gallery is there
+    shards = [load_shard(Path(args.data_dir) / f"node-{i}", model.dim) for i in range(2)]
+    n = sum(int((s.identity >= 0).sum()) for s in shards)
+    covered = np.sort(np.concatenate([s.identity[s.identity >= 0] for s in shards]))
+    if not np.array_equal(covered, np.arange(n)):
+        raise SystemExit("the shards do not hold FaceModel identities 0..n-1 once each")
+    gallery = np.concatenate(
+        [model.samples(range(lo, min(n, lo + 100_000)), 0) for lo in range(0, n, 100_000)]
+    )
+    raw, _, _ = raw_hnsw(gallery, model.structure, args.cache, log=log)
+    raw_cal = calibrated_ef(raw, gallery)
+    del gallery
+    raw.set_ef(raw_cal.ef)
+    log(f"raw hnswlib over {n:,}: ef {raw_cal.ef} ({raw_cal.hit_rate:.4f})")
+    for shard in shards:
+        cal = calibrated_ef(shard.index, shard.rows)
+        shard.ef = cal.ef
+        shard.index.set_ef(cal.ef)
+        log(f"{shard.name}: {len(shard.rows):,} templates, ef {cal.ef} ({cal.hit_rate:.4f})")
+
+    rng = np.random.default_rng(11)
+    ids = rng.choice(n, size=args.queries, replace=False)
+    probes = model.samples(ids, 1)
+    truth = [subject_id(int(i)) for i in ids]
+    raw_labels, _ = raw.knn_query(probes, k=_K, num_threads=2)
+    hits = {
+        "raw": int((raw_labels[:, 0] == ids).sum()),
+        "ideal": sum(sharded_top(shards, probes[i : i + 1])[0] == ids[i] for i in range(len(ids))),
+    }
+
+    with (
+        cluster(args, {}) as cl,
+        TunggalClient(cl.address, timeout=60, metadata=bearer(KEY)) as client,
+    ):
+        nodes = settled_stats(client)
+        node_efs = ", ".join(f"{s.name}: {s.ef_search}" for s in nodes)
+
+        def gateway_top(i: int) -> str:
+            answer = client.identify(probes[i], k=_K)
+            return answer.candidates[0].subject_id if answer.candidates else ""
+
+        hits["gateway"] = sum(gateway_top(i) == truth[i] for i in range(len(ids)))
+        calls: dict[str, Callable[[int], object]] = {
+            "raw": lambda i: raw.knn_query(probes[i], k=_K, num_threads=1),
+            "ideal": lambda i: sharded_top(shards, probes[i : i + 1]),
+            "gateway": gateway_top,
+        }
+        loads: dict[str, dict[int, list[Load]]] = {name: {} for name in calls}
+        for r in range(args.runs):
+            for c in args.concurrency:
+                for name, call in calls.items():
+                    loads[name].setdefault(c, []).append(run_load(call, len(ids), c, 1))
+                    log(f"  round {r + 1} c={c} {name}: {loads[name][c][-1].qps:,.0f} QPS")
+
+    d = NodeSettings()
+    efs = ", ".join(f"{s.name}: {s.ef}" for s in shards)
+    lines = [
+        f"## Ideal sharding against one index and the gateway — {now()}",
+        "",
+        f"Machine: {machine()}. `python -m bench.sharding` — {n:,} structured FaceModel "
+        f"subjects (structure {model.structure}, dim {model.dim}), M={d.hnsw_m}, "
+        f"ef_construction={d.ef_construction}. Raw: one hnswlib index over the whole "
+        "gallery. Ideal sharding: the 2 nodes' own indexes (their snapshots), searched one "
+        "after the other in the calling thread and merged, in this process. Gateway: "
+        "Identify through the local cluster over the same data (sync `TunggalClient`). "
+        f"{len(ids)} mated probes from the same client threads, medians of {args.runs} "
+        "rounds in which the three take turns (ratios taken within a round).",
+        "",
+        "| measure | value |",
+        "|---|---|",
+        f"| calibrated ef: raw (whole gallery) / shards in this process / the nodes' own | "
+        f"{raw_cal.ef} / {efs} / {node_efs} |",
+        "| rank-1 mate hits: raw / ideal sharding / gateway | "
+        + " / ".join(f"{hits[k]}/{len(ids)}" for k in ("raw", "ideal", "gateway"))
+        + " |",
+    ]
+    for c in args.concurrency:
+        qps = {k: statistics.median(x.qps for x in v[c]) for k, v in loads.items()}
+        lines.append(
+            f"| c={c}: QPS raw / ideal sharding / gateway | {qps['raw']:,.0f} / "
+            f"{qps['ideal']:,.0f} / {qps['gateway']:,.0f} |"
+        )
+        for top, bottom in (("ideal", "raw"), ("gateway", "raw"), ("gateway", "ideal")):
+            ratios = [a.qps / b.qps for a, b in zip(loads[top][c], loads[bottom][c], strict=True)]
+            rounds = ", ".join(f"{x:.2f}" for x in ratios)
+            lines.append(
+                f"| c={c}: {top}/{bottom} QPS | **{statistics.median(ratios):.2f}** "
+                f"(rounds: {rounds}) |"
+            )
+    text = "\n".join([*lines, ""])
+    print(text)
+    if not args.no_write:
+        append(text)
+
+
+if __name__ == "__main__":
+    main()
