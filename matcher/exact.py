@@ -260,12 +260,15 @@ class ExactMatrix:
         scores[dead] = -np.inf
         return labels, scores
 
-    def search(self, probes: FloatMatrix, k: int) -> tuple[Labels, FloatMatrix]:
+    def search(
+        self, probes: FloatMatrix, k: int, floors: npt.ArrayLike | None = None
+    ) -> tuple[Labels, FloatMatrix]:
         """Exact top-k live rows for each probe (rows of `probes`, normalised).
 
         Returns (labels, scores), each (n_probes, k), best first (ties: lower
-        label first among those kept); slots beyond the number of live rows
-        hold -1 and -inf.
+        label first among those kept); slots beyond the number of live rows,
+        and with `floors` (one score per probe) those scoring under the
+        probe's floor, hold -1 and -inf.
         """
         probes = np.ascontiguousarray(probes, dtype=np.float32)
         if probes.ndim != 2 or probes.shape[1] != self.dim:
@@ -284,4 +287,9 @@ class ExactMatrix:
             kk = scores.shape[1]
             out_labels[lo : lo + _PROBE_CHUNK, :kk] = labels
             out_scores[lo : lo + _PROBE_CHUNK, :kk] = scores
+        if floors is not None:
+            floor = np.broadcast_to(np.asarray(floors, dtype=np.float32), (nprobe,))
+            below = out_scores < floor[:, None]
+            out_labels[below] = -1
+            out_scores[below] = -np.inf
         return out_labels, out_scores

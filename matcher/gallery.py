@@ -39,6 +39,7 @@ from matcher.calibration import DEFAULT_GRID, Calibration, choose_ef, make_probe
 from matcher.exact import ExactMatrix
 from matcher.memtrim import release_free_memory
 from matcher.owners import OwnerTable
+from matcher.quantized import QuantizedMatrix
 from matcher.rwlock import RWLock
 from matcher.snapshot import read_manifest, remove_leftovers, snapshots, write_snapshot
 from matcher.store import EnrollOp, Store
@@ -123,7 +124,7 @@ class Gallery:
         self._calibration: Calibration | None = None
         self._escalations = 0
         self._index: hnswlib.Index
-        self._matrix: ExactMatrix
+        self._matrix: ExactMatrix | QuantizedMatrix
         self._search_threads = settings.search_threads or os.cpu_count() or 1
         self._search_pool = ThreadPoolExecutor(self._search_threads, thread_name_prefix="hnsw")
         self._load()
@@ -166,7 +167,7 @@ class Gallery:
             break
         # 3. The truth: every stored template, streamed into the matrix and
         # owner list (one chunk in memory at a time).
-        self._matrix = ExactMatrix(self.dim, capacity, dtype=self.settings.exact_dtype)
+        self._matrix = self._new_matrix(capacity)
         self._owners = OwnerTable(capacity)
         live = np.zeros(capacity, dtype=bool)
         for labels, subjects, vectors in self._store.iter_templates():
@@ -198,6 +199,18 @@ class Gallery:
             snapshot_seq=self._snapshot_seq,
             seconds=round(time.monotonic() - started, 3),
         )
+
+    def _new_matrix(self, capacity: int) -> ExactMatrix | QuantizedMatrix:
+        """The exact-search matrix in the configured storage type."""
+        if self.settings.exact_dtype == "int8":
+            return QuantizedMatrix(self.dim, capacity, truth=self._index_rows)
+        return ExactMatrix(self.dim, capacity, dtype=self.settings.exact_dtype)
+
+    def _index_rows(self, labels: Labels) -> FloatMatrix:
+        """The float32 (normalised) vectors hnswlib stores for live `labels`: the int8
+        matrix's exact scores come from here, as hnswlib's own do."""
+        rows: FloatMatrix = np.asarray(self._index.get_items(labels), dtype=np.float32)
+        return rows
 
     def _rebuild(self, labels: Labels, capacity: int) -> hnswlib.Index:
         """A new HNSW index over the stored templates at `labels`.
@@ -393,7 +406,7 @@ class Gallery:
             return [None] * len(queries)
         out: list[list[Match] | None] = []
         for query, fetch, labels, scores in zip(queries, fetches, found, all_scores, strict=True):
-            out.append(self._top(labels[:fetch], scores[:fetch], query, fetch, alive))
+            out.append(self._top(labels[:fetch], scores[:fetch], query, fetch >= alive))
         return out
 
     def _exact_batch(self, queries: Sequence[SearchQuery]) -> list[list[Match] | None]:
@@ -403,22 +416,25 @@ class Gallery:
             return [[] for _ in queries]
         fetches = [min(alive, q.k * self.settings.fetch_factor) for q in queries]
         probes = np.stack([q.probe for q in queries])
-        found, all_scores = self._matrix.search(probes, max(fetches))
+        floors = [q.min_score for q in queries]
+        found, all_scores = self._matrix.search(probes, max(fetches), floors)
         out: list[list[Match] | None] = []
         for query, fetch, labels, scores in zip(queries, fetches, found, all_scores, strict=True):
             keep = labels >= 0
-            out.append(self._top(labels[keep][:fetch], scores[keep][:fetch], query, fetch, alive))
+            # Fewer than asked: no other live row scores at least min_score.
+            complete = fetch >= alive or int(keep.sum()) < fetch
+            out.append(self._top(labels[keep][:fetch], scores[keep][:fetch], query, complete))
         return out
 
     def _top(
-        self, labels: Labels, scores: FloatMatrix, query: SearchQuery, fetch: int, alive: int
+        self, labels: Labels, scores: FloatMatrix, query: SearchQuery, complete: bool
     ) -> list[Match] | None:
-        """The query's top-k subjects from `fetch` candidates, or None when a deeper
-        fetch could still find more of them."""
+        """The query's top-k subjects from its candidates, or None when a deeper
+        fetch could still find more of them (`complete`: no other row can)."""
         matches = self._aggregate(labels, scores, query.min_score, query.k)
         done = (
             len(matches) >= query.k
-            or fetch >= alive
+            or complete
             or (scores.size > 0 and scores[-1] < query.min_score)
         )
         return matches[: query.k] if done else None
@@ -431,17 +447,18 @@ class Gallery:
                 return []
             fetch = min(alive, query.k * self.settings.fetch_factor)
             while True:
-                labels, scores = self._candidates(query.probe, fetch, query.exact)
-                matches = self._top(labels, scores, query, fetch, alive)
+                labels, scores = self._candidates(query, fetch)
+                complete = fetch >= alive or (query.exact and len(labels) < fetch)
+                matches = self._top(labels, scores, query, complete)
                 if matches is not None:
                     return matches
                 fetch = min(alive, fetch * 2)
 
-    def _candidates(
-        self, probe: FloatMatrix, fetch: int, exact: bool
-    ) -> tuple[Labels, FloatMatrix]:
-        if exact:
-            labels, scores = self._matrix.search(probe[None, :], fetch)
+    def _candidates(self, query: SearchQuery, fetch: int) -> tuple[Labels, FloatMatrix]:
+        """Up to `fetch` candidates of one query, best first (exact: those >= min_score)."""
+        probe = query.probe
+        if query.exact:
+            labels, scores = self._matrix.search(probe[None, :], fetch, [query.min_score])
             keep = labels[0] >= 0
             return labels[0][keep], scores[0][keep]
         # hnswlib searches with a beam of max(index ef, k): asking for

@@ -80,6 +80,58 @@ def build_model(storage: Storage = "float32") -> onnx.ModelProto:
     return model
 
 
+def build_int8_model() -> onnx.ModelProto:
+    """The block top-k graph for int8 blocks with a scale per row (CPU only).
+
+    `probes` are uint8 (b, d): a probe quantised to int8, plus 128; `block` is
+    int8 (d, n), one gallery row per column; `scale` float32 (n,) each row's
+    scale; `bias` as in `build_model`. com.microsoft's MatMulIntegerToFloat
+    multiplies the integers exactly (int32 sums) and scales each column:
+
+        scores = ((probes - 128) @ block) * scale + bias
+        values, indices = TopK(scores, k)
+
+    so `scores` are the probe's integer codes against each row's int8
+    reconstruction; the caller multiplies by the probe's own scale (it does
+    not change the order) and bounds the quantisation error (matcher.quantized).
+    """
+    inputs = [
+        helper.make_tensor_value_info("probes", TensorProto.UINT8, ["b", "d"]),
+        helper.make_tensor_value_info("block", TensorProto.INT8, ["d", "n"]),
+        helper.make_tensor_value_info("scale", TensorProto.FLOAT, ["n"]),
+        helper.make_tensor_value_info("bias", TensorProto.FLOAT, ["n"]),
+        helper.make_tensor_value_info("k", TensorProto.INT64, [1]),
+    ]
+    outputs = [
+        helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["b", "k_out"]),
+        helper.make_tensor_value_info("labels", TensorProto.INT64, ["b", "k_out"]),
+    ]
+    constants = [
+        helper.make_tensor("probe_scale", TensorProto.FLOAT, [], [1.0]),
+        helper.make_tensor("probe_zero", TensorProto.UINT8, [], [128]),
+    ]
+    nodes = [
+        helper.make_node(
+            "MatMulIntegerToFloat",
+            ["probes", "block", "probe_scale", "scale", "probe_zero", "", "bias"],
+            ["all_scores"],
+            domain="com.microsoft",
+        ),
+        helper.make_node(
+            "TopK", ["all_scores", "k"], ["scores", "labels"], axis=-1, largest=1, sorted=1
+        ),
+    ]
+    graph = helper.make_graph(nodes, "block_topk_int8", inputs, outputs, initializer=constants)
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid("com.microsoft", 1)],
+        producer_name="tunggal.matcher.onnx_topk",
+    )
+    model.ir_version = 8
+    onnx.checker.check_model(model)  # full_check cannot infer com.microsoft's shapes
+    return model
+
+
 def _session_options(intra_op_threads: int) -> ort.SessionOptions:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = intra_op_threads  # 0: onnxruntime's default (physical cores)
@@ -189,4 +241,49 @@ def block_topk(
         if engine is None:
             engine = BlockTopK(*key)
             _sessions[key] = engine
+        return engine
+
+
+class Int8BlockTopK:
+    """A CPU session running `build_int8_model` (see there for the inputs)."""
+
+    def __init__(self, intra_op_threads: int) -> None:
+        self.session = ort.InferenceSession(
+            build_int8_model().SerializeToString(),
+            _session_options(intra_op_threads),
+            providers=[CPU],
+        )
+
+    def run(
+        self,
+        probes: npt.NDArray[np.uint8],
+        block: npt.NDArray[np.int8],
+        scale: npt.NDArray[np.float32],
+        bias: npt.NDArray[np.float32],
+        k: int,
+    ) -> TopKResult:
+        """Top `k` (<= block columns) integer-code scores of `probes` against `block`."""
+        scores, indices = self.session.run(
+            None,
+            {
+                "probes": probes,
+                "block": block,
+                "scale": scale,
+                "bias": bias,
+                "k": np.array([k], dtype=np.int64),
+            },
+        )
+        return TopKResult(scores=scores, indices=indices)
+
+
+_int8_sessions: dict[int, Int8BlockTopK] = {}
+
+
+def int8_block_topk(intra_op_threads: int = 0) -> Int8BlockTopK:
+    """The shared Int8BlockTopK for this thread count (created on first use)."""
+    with _sessions_lock:
+        engine = _int8_sessions.get(intra_op_threads)
+        if engine is None:
+            engine = Int8BlockTopK(intra_op_threads)
+            _int8_sessions[intra_op_threads] = engine
         return engine

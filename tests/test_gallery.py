@@ -64,7 +64,35 @@ def test_float16_matrix_halves_memory_and_keeps_answers(tmp_path: Path) -> None:
     half.close(snapshot=False)
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_int8_matrix_takes_a_quarter_and_keeps_exact_answers(tmp_path: Path) -> None:
+    full = Gallery(_settings(tmp_path / "f32"))
+    small = Gallery(_settings(tmp_path / "i8", "int8"))
+    for gallery in (full, small):
+        _enroll(gallery, range(_N))
+    assert small.matrix_bytes < 0.3 * full.matrix_bytes
+    ids = list(range(0, _N, 40))
+    probes = _MODEL.samples(ids, 1)
+    for probe, i in zip(probes, ids, strict=True):
+        for min_score in (-1.0, 0.3):
+            want = full.search(probe, 5, min_score, True)
+            got = small.search(probe, 5, min_score, True)
+            assert [m.subject_id for m in got] == [m.subject_id for m in want]
+            assert [m.score for m in got] == pytest.approx([m.score for m in want], abs=1e-5)
+            assert got[0].subject_id == subject_id(i)
+        score_full, _ = full.verify(subject_id(i), probe)
+        score_small, _ = small.verify(subject_id(i), probe)
+        assert score_small == pytest.approx(score_full, abs=1e-5)  # float32 rows, not int8
+    small.delete(subject_id(0))
+    assert all(m.subject_id != subject_id(0) for m in small.search(probes[0], 5, -1.0, True))
+    full.close(snapshot=False)
+    small.close(snapshot=False)
+    reopened = Gallery(_settings(tmp_path / "i8", "int8"))  # quantised again from the store
+    top = reopened.search(probes[1], 1, -1.0, True)
+    assert top[0].subject_id == subject_id(ids[1])
+    reopened.close(snapshot=False)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "int8"])
 def test_index_is_rebuilt_and_replayed_from_the_stored_float32_templates(
     tmp_path: Path, dtype: str
 ) -> None:
