@@ -216,7 +216,7 @@ class Gallery:
         """A new HNSW index over the stored templates at `labels`.
 
         Vectors come from the store (float32, the truth), never from the
-        matrix, whose rows may be float16-rounded."""
+        matrix, whose rows may be rounded (float16) or quantised (int8)."""
         _log.info("index_rebuild", templates=len(labels))
         index = self._new_index(capacity)
         for start in range(0, len(labels), _BUILD_CHUNK):
