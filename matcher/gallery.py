@@ -208,8 +208,13 @@ class Gallery:
 
     def _index_rows(self, labels: Labels) -> FloatMatrix:
         """The float32 (normalised) vectors hnswlib stores for live `labels`: the int8
-        matrix's exact scores come from here, as hnswlib's own do."""
-        rows: FloatMatrix = np.asarray(self._index.get_items(labels), dtype=np.float32)
+        matrix's exact scores come from here, as hnswlib's own do. A label the index
+        cannot return (it would be a bug) is read from the store, the truth."""
+        try:
+            rows: FloatMatrix = np.asarray(self._index.get_items(labels), dtype=np.float32)
+        except RuntimeError as exc:  # hnswlib: "Label not found"
+            _log.error("index_rows_missing", labels=len(labels), error=str(exc))
+            rows = self._store.vectors(labels)
         return rows
 
     def _rebuild(self, labels: Labels, capacity: int) -> hnswlib.Index:

@@ -82,6 +82,9 @@ def test_int8_matrix_takes_a_quarter_and_keeps_exact_answers(tmp_path: Path) -> 
         score_full, _ = full.verify(subject_id(i), probe)
         score_small, _ = small.verify(subject_id(i), probe)
         assert score_small == pytest.approx(score_full, abs=1e-5)  # float32 rows, not int8
+    small._index.mark_deleted(5)  # an index that lost a live label: the store answers
+    assert small.search(probes[0], 1, -1.0, True)[0].subject_id == subject_id(0)
+    assert small.verify(subject_id(5), _MODEL.samples([5], 1)[0])[0] > 0.5
     small.delete(subject_id(0))
     assert all(m.subject_id != subject_id(0) for m in small.search(probes[0], 5, -1.0, True))
     full.close(snapshot=False)

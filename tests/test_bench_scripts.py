@@ -1,8 +1,9 @@
-"""bench.sharding's pieces on real node data: loading a shard and the merged top-k.
+"""Benchmark scripts on small real data, so they keep working between bench runs.
 
-Two real galleries (hnswlib + SQLite under tmp_path) hold the even and the odd
-identities; what the benchmark loads from their directories must match what
-was enrolled, and its merged answer must be the exact top-k over both.
+bench.sharding: two real galleries (hnswlib + SQLite under tmp_path) hold the
+even and the odd identities; what the benchmark loads from their directories
+must match what was enrolled, and its merged answer must be the exact top-k
+over both. bench.exact_int8: a whole run on a small gallery.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bench import exact_int8
 from bench.sharding import load_shard, sharded_top
 from matcher.gallery import EnrollItem, Gallery
 from tunggal.settings import NodeSettings
@@ -53,3 +55,18 @@ def test_load_shard_refuses_a_directory_without_snapshot(tmp_path: Path) -> None
     (tmp_path / "node-0").mkdir()
     with pytest.raises(SystemExit, match="no snapshot"):
         load_shard(tmp_path / "node-0", _MODEL.dim)
+
+
+def test_exact_int8_bench_runs_and_finds_the_answers_identical(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--size", "3000", "--probes", "64", "--singles", "2", "--repeats", "1"]
+    exact_int8.main([*argv, "--no-write", "--cache", str(tmp_path)])
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| top-")]
+    assert len(rows) == 3
+    for row in rows:
+        identical, hits = row.rstrip(" |").split(" | ")[-2:]
+        assert float(identical) >= 0.98  # label for label; a near-tie may swap two
+        assert float(hits) == 1.0
+    assert "Matrix bytes per row: float32 517, int8 140." in out
