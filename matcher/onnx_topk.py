@@ -14,7 +14,11 @@ a live row and -inf for a dead one, so dead rows score -inf whatever the probe;
 MatMul with the transpose and the bias add folded in: rows stay row-major (the
 layout `rows()` and Verify want) without a Transpose copy.
 
-The same graph runs on the CUDA execution provider when onnxruntime can start
+`build_int8_model` is its int8 twin for `matcher.quantized`: integer products
+of int8 codes (com.microsoft's MatMulIntegerToFloat), scaled per row, then the
+same TopK; it runs on the CPU provider.
+
+The float graph runs on the CUDA execution provider when onnxruntime can start
 one, else on the CPU provider. Sessions are shared (InferenceSession.run is
 thread-safe) and cached per (storage type, providers, thread count).
 """
