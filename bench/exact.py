@@ -27,18 +27,16 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import hnswlib
 import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
-from bench.reference import calibrated_ef, raw_hnsw
+from bench.reference import add_cache_option, cache_path, calibrated_ef, raw_hnsw
 from bench.report import BENCHMARKS, append, now
 from bench.report import machine as machine_line
 from matcher.exact import ExactMatrix, FloatMatrix, Labels, numpy_topk
@@ -174,7 +172,7 @@ def run_case(args: argparse.Namespace, size: int, dim: int, structure: float) ->
     efs: list[int] = []
     threads = args.threads or -1
     if size in args.hnsw_sizes:
-        cache = Path(args.cache) if args.cache else None
+        cache = cache_path(args.cache)
         index, case.hnsw_build_s, _ = raw_hnsw(gallery, structure, cache, threads, log)
         log(f"  hnswlib build {case.hnsw_build_s:.1f}s")
         calibration = calibrated_ef(index, gallery, threads)
@@ -347,12 +345,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--block-rows", type=int, default=65_536)
     p.add_argument("--threads", type=int, default=0, help="0: library defaults")
     p.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md")
-    p.add_argument(
-        "--cache",
-        default=str(Path(tempfile.gettempdir()) / "tunggal-bench-cache"),
-        help="where built hnswlib indexes are kept and reused (shared with bench.identify;"
-        " build s is then the first build's); '' to always build",
-    )
+    add_cache_option(p)
     args = p.parse_args(argv)
     if args.hnsw_sizes is None:
         args.hnsw_sizes = list(args.sizes)

@@ -20,14 +20,12 @@ docs/BENCHMARKS.md unless --no-write.
 from __future__ import annotations
 
 import argparse
-import tempfile
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 
 from bench.exact import generate, median_rates
-from bench.reference import raw_hnsw
+from bench.reference import add_cache_option, cache_path, raw_hnsw
 from bench.report import append, log, machine, now
 from matcher.exact import ExactMatrix, FloatMatrix, Labels
 from matcher.quantized import QuantizedMatrix
@@ -51,19 +49,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--singles", type=int, default=20, help="batch-1 calls per run")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--no-write", action="store_true")
-    p.add_argument(
-        "--cache",
-        type=Path,
-        default=Path(tempfile.gettempdir()) / "tunggal-bench-cache",
-        help="where raw hnswlib reference indexes are kept between runs",
-    )
+    add_cache_option(p)
     args = p.parse_args(argv)
     model = FaceModel(dim=args.dim, structure=args.structure)
     gallery = generate(model, args.size, capture=0)
     rng = np.random.default_rng(5)
     mates = np.sort(rng.choice(args.size, size=args.probes, replace=False))
     probes = generate(model, args.size, capture=1, ids=mates)
-    index, _, _ = raw_hnsw(gallery, args.structure, args.cache, log=log)
+    index, _, _ = raw_hnsw(gallery, args.structure, cache_path(args.cache), log=log)
 
     def index_rows(labels: Labels) -> FloatMatrix:
         rows: FloatMatrix = np.asarray(index.get_items(labels), dtype=np.float32)

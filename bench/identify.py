@@ -37,7 +37,14 @@ import hnswlib
 import numpy as np
 import numpy.typing as npt
 
-from bench.reference import calibrated_ef, exact_topk, raw_hnsw, recall_at
+from bench.reference import (
+    add_cache_option,
+    cache_path,
+    calibrated_ef,
+    exact_topk,
+    raw_hnsw,
+    recall_at,
+)
 from bench.report import append, log, machine, now
 from tunggal.client import NodeInfo, TunggalClient, bearer
 from tunggal.localcluster import LocalCluster, write_all_methods_tenants
@@ -199,7 +206,7 @@ def run_case(args: argparse.Namespace, name: str, structure: float, n: int) -> C
                 hits = int((gateway_k[:, 0] == probe_ids).sum())
                 node_ef = max(s.ef_search for s in stats)
                 index, build, raw_bytes = raw_hnsw(
-                    gallery, structure, Path(args.cache), threads=2, log=log
+                    gallery, structure, cache_path(args.cache), threads=2, log=log
                 )
                 log(f"{name}: raw hnswlib built in {build:.0f} s, {raw_bytes:.0f} B/template")
                 calibration = calibrated_ef(index, gallery, threads=2)
@@ -346,11 +353,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
     p.add_argument("--port", type=int, default=47051)
     p.add_argument("--no-write", action="store_true")
-    p.add_argument(
-        "--cache",
-        default=str(Path(tempfile.gettempdir()) / "tunggal-bench-cache"),
-        help="where raw hnswlib reference indexes are kept between runs",
-    )
+    add_cache_option(p)
     args = p.parse_args(argv)
     cases = [run_case(args, "structured (structure 0.7, rank 64)", 0.7, args.subjects)]
     if args.isotropic_subjects:

@@ -3,8 +3,10 @@ node's calibration would pick for one raw hnswlib index."""
 
 from __future__ import annotations
 
+import argparse
 import gc
 import json
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -85,6 +87,24 @@ def calibrated_ef(index: hnswlib.Index, gallery: FloatMatrix, threads: int = -1)
         d.calibration_target,
         len(gallery),
     )
+
+
+DEFAULT_CACHE = Path(tempfile.gettempdir()) / "tunggal-bench-cache"
+
+
+def add_cache_option(parser: argparse.ArgumentParser) -> None:
+    """--cache: where `raw_hnsw` keeps the reference indexes it builds (shared by the benches)."""
+    parser.add_argument(
+        "--cache",
+        default=str(DEFAULT_CACHE),
+        help="where raw hnswlib reference indexes are kept and reused between runs and "
+        "benchmarks (build s is then the first build's); '' to always build",
+    )
+
+
+def cache_path(value: str) -> Path | None:
+    """The --cache value as `raw_hnsw` takes it (None: '', always build)."""
+    return Path(value) if value else None
 
 
 def raw_hnsw(

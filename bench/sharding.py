@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +41,7 @@ import numpy.typing as npt
 
 from bench.cpu_breakdown import KEY, cluster, seed
 from bench.identify import Load, run_load, settled_stats
-from bench.reference import calibrated_ef, raw_hnsw
+from bench.reference import add_cache_option, cache_path, calibrated_ef, raw_hnsw
 from bench.report import append, log, machine, now
 from matcher.snapshot import read_manifest, snapshots
 from matcher.store import Store
@@ -116,12 +115,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
     p.add_argument("--no-write", action="store_true")
-    p.add_argument(
-        "--cache",
-        type=Path,
-        default=Path(tempfile.gettempdir()) / "tunggal-bench-cache",
-        help="where raw hnswlib reference indexes are kept between runs",
-    )
+    add_cache_option(p)
     args = p.parse_args(argv)
     model = FaceModel(dim=128, structure=0.7)
     seed(args, model)  # enrolls (and snapshots, at stop) unless the gallery is there
@@ -133,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     gallery = np.concatenate(
         [model.samples(range(lo, min(n, lo + 100_000)), 0) for lo in range(0, n, 100_000)]
     )
-    raw, _, _ = raw_hnsw(gallery, model.structure, args.cache, log=log)
+    raw, _, _ = raw_hnsw(gallery, model.structure, cache_path(args.cache), log=log)
     raw_cal = calibrated_ef(raw, gallery)
     del gallery
     raw.set_ef(raw_cal.ef)

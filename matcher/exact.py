@@ -64,6 +64,28 @@ def numpy_topk(
     return out_labels, out_scores
 
 
+def prepare_search(
+    probes: FloatMatrix, dim: int, k: int
+) -> tuple[FloatMatrix, Labels, FloatMatrix]:
+    """`probes` as contiguous float32 (n, dim) (ValueError otherwise), and the (n, k)
+    labels and scores of an answer with every slot empty (-1 and -inf)."""
+    probes = np.ascontiguousarray(probes, dtype=np.float32)
+    if probes.ndim != 2 or probes.shape[1] != dim:
+        raise ValueError(f"probes must be (n, {dim}), got {probes.shape}")
+    n = probes.shape[0]
+    labels = np.full((n, max(k, 0)), -1, dtype=np.int64)
+    scores = np.full((n, max(k, 0)), -np.inf, dtype=np.float32)
+    return probes, labels, scores
+
+
+def probe_floors(floors: npt.ArrayLike | None, n: int) -> FloatMatrix:
+    """One score floor per probe (-inf when none is given)."""
+    if floors is None:
+        return np.full(n, -np.inf, dtype=np.float32)
+    out: FloatMatrix = np.broadcast_to(np.asarray(floors, dtype=np.float32), (n,))
+    return out
+
+
 @dataclass(frozen=True)
 class _Resident:
     """One block's inputs as the engine reads them."""
@@ -270,12 +292,8 @@ class ExactMatrix:
         and with `floors` (one score per probe) those scoring under the
         probe's floor, hold -1 and -inf.
         """
-        probes = np.ascontiguousarray(probes, dtype=np.float32)
-        if probes.ndim != 2 or probes.shape[1] != self.dim:
-            raise ValueError(f"probes must be (n, {self.dim}), got {probes.shape}")
+        probes, out_labels, out_scores = prepare_search(probes, self.dim, k)
         nprobe = probes.shape[0]
-        out_labels = np.full((nprobe, max(k, 0)), -1, dtype=np.int64)
-        out_scores = np.full((nprobe, max(k, 0)), -np.inf, dtype=np.float32)
         if k <= 0 or nprobe == 0 or self._high == 0:
             return out_labels, out_scores
         engine = self._engine()
@@ -288,8 +306,7 @@ class ExactMatrix:
             out_labels[lo : lo + _PROBE_CHUNK, :kk] = labels
             out_scores[lo : lo + _PROBE_CHUNK, :kk] = scores
         if floors is not None:
-            floor = np.broadcast_to(np.asarray(floors, dtype=np.float32), (nprobe,))
-            below = out_scores < floor[:, None]
+            below = out_scores < probe_floors(floors, nprobe)[:, None]
             out_labels[below] = -1
             out_scores[below] = -np.inf
         return out_labels, out_scores

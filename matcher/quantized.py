@@ -38,6 +38,7 @@ from collections.abc import Callable
 import numpy as np
 import numpy.typing as npt
 
+from matcher.exact import prepare_search, probe_floors
 from matcher.onnx_topk import CPU, Int8BlockTopK, int8_block_topk
 
 FloatMatrix = npt.NDArray[np.float32]
@@ -201,19 +202,11 @@ class QuantizedMatrix:
         (n_probes, k), best first, ties by lower label; empty slots hold -1
         and -inf.
         """
-        probes = np.ascontiguousarray(probes, dtype=np.float32)
-        if probes.ndim != 2 or probes.shape[1] != self.dim:
-            raise ValueError(f"probes must be (n, {self.dim}), got {probes.shape}")
+        probes, out_labels, out_scores = prepare_search(probes, self.dim, k)
         nprobe = probes.shape[0]
-        out_labels = np.full((nprobe, max(k, 0)), -1, dtype=np.int64)
-        out_scores = np.full((nprobe, max(k, 0)), -np.inf, dtype=np.float32)
         if k <= 0 or nprobe == 0 or self._high == 0:
             return out_labels, out_scores
-        floor = (
-            np.full(nprobe, -np.inf, dtype=np.float32)
-            if floors is None
-            else np.broadcast_to(np.asarray(floors, dtype=np.float32), (nprobe,))
-        )
+        floor = probe_floors(floors, nprobe)
         codes, probe_scale, probe_error = quantize(probes)
         shifted = (codes.astype(np.int16) + 128).astype(np.uint8)
         for lo in range(0, nprobe, _PROBE_CHUNK):
