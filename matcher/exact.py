@@ -86,6 +86,26 @@ def probe_floors(floors: npt.ArrayLike | None, n: int) -> FloatMatrix:
     return out
 
 
+def merge_blocks(
+    block_labels: Sequence[Labels], block_scores: Sequence[FloatMatrix], k: int
+) -> tuple[Labels, FloatMatrix]:
+    """The k best of per-block top-k answers (labels already global), best first,
+    ties by lower label; a -inf score (a dead row or an unfilled slot) gets label -1."""
+    scores = np.concatenate(block_scores, axis=1)
+    labels = np.concatenate(block_labels, axis=1)
+    if scores.shape[1] > k:
+        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        scores = np.take_along_axis(scores, part, axis=1)
+        labels = np.take_along_axis(labels, part, axis=1)
+    order = np.lexsort((labels, -scores), axis=1)
+    scores = np.take_along_axis(scores, order, axis=1)
+    labels = np.take_along_axis(labels, order, axis=1)
+    dead = ~np.isfinite(scores)
+    labels[dead] = -1
+    scores[dead] = -np.inf
+    return labels, scores
+
+
 @dataclass(frozen=True)
 class _Resident:
     """One block's inputs as the engine reads them."""
@@ -268,19 +288,7 @@ class ExactMatrix:
             res = engine.run(probe_value, r.data, r.bias, min(k, r.stop - r.start))
             block_scores.append(res.scores)
             block_labels.append(res.indices + r.start)
-        scores = np.concatenate(block_scores, axis=1)
-        labels = np.concatenate(block_labels, axis=1)
-        if scores.shape[1] > k:
-            part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-            scores = np.take_along_axis(scores, part, axis=1)
-            labels = np.take_along_axis(labels, part, axis=1)
-        order = np.lexsort((labels, -scores), axis=1)
-        scores = np.take_along_axis(scores, order, axis=1)
-        labels = np.take_along_axis(labels, order, axis=1)
-        dead = ~np.isfinite(scores)  # -inf bias: a dead row (or an unfilled slot)
-        labels[dead] = -1
-        scores[dead] = -np.inf
-        return labels, scores
+        return merge_blocks(block_labels, block_scores, k)
 
     def search(
         self, probes: FloatMatrix, k: int, floors: npt.ArrayLike | None = None

@@ -38,7 +38,7 @@ from collections.abc import Callable
 import numpy as np
 import numpy.typing as npt
 
-from matcher.exact import prepare_search, probe_floors
+from matcher.exact import merge_blocks, prepare_search, probe_floors
 from matcher.onnx_topk import CPU, Int8BlockTopK, int8_block_topk
 
 FloatMatrix = npt.NDArray[np.float32]
@@ -287,17 +287,7 @@ class QuantizedMatrix:
             )
             scores.append(res.scores)
             labels.append(res.indices + start)
-        all_scores = np.concatenate(scores, axis=1)
-        all_labels = np.concatenate(labels, axis=1)
-        if all_scores.shape[1] > fetch:
-            part = np.argpartition(-all_scores, fetch - 1, axis=1)[:, :fetch]
-            all_scores = np.take_along_axis(all_scores, part, axis=1)
-            all_labels = np.take_along_axis(all_labels, part, axis=1)
-        order = np.argsort(-all_scores, axis=1, kind="stable")
-        all_scores = np.take_along_axis(all_scores, order, axis=1)
-        all_labels = np.take_along_axis(all_labels, order, axis=1)
-        all_labels[~np.isfinite(all_scores)] = -1
-        return all_labels, all_scores
+        return merge_blocks(labels, scores, fetch)
 
     def _rerank(
         self,
