@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.identify
 	$(BIN)/python -m bench.exact
 	$(BIN)/python -m bench.sharding
+	$(BIN)/python -m bench.exact_int8
 
 ## accuracy: 1:N accuracy, HNSW vs exact (rank-1, FNIR at FPIR 1e-2..1e-4), DET curve PNG
 accuracy: $(STAMP)
