@@ -39,7 +39,7 @@ import numpy as np
 import numpy.typing as npt
 
 from matcher.exact import merge_blocks, prepare_search, probe_floors
-from matcher.onnx_topk import CPU, Int8BlockTopK, int8_block_topk
+from matcher.onnx_topk import Int8BlockTopK, int8_block_topk
 
 FloatMatrix = npt.NDArray[np.float32]
 Labels = npt.NDArray[np.int64]
@@ -76,8 +76,6 @@ class QuantizedMatrix:
         block_rows: rows per scan block.
         intra_op_threads: onnxruntime intra-op threads (0: its default).
     """
-
-    dtype = "int8"
 
     def __init__(
         self,
@@ -117,16 +115,6 @@ class QuantizedMatrix:
             + self._bias.nbytes
             + self._error.nbytes
         )
-
-    @property
-    def device_nbytes(self) -> int:
-        """Always 0: the int8 engine runs on the CPU, on host memory."""
-        return 0
-
-    @property
-    def providers(self) -> tuple[str, ...]:
-        """The onnxruntime providers searches run on."""
-        return (CPU,)
 
     def grow(self, capacity: int) -> None:
         """Reallocate to `capacity` rows (never shrinks)."""
