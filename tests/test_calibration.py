@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from matcher.calibration import choose_ef, genuine_noise, make_probes
+from matcher.calibration import (
+    DEFAULT_GRID,
+    choose_ef,
+    genuine_noise,
+    make_probes,
+    refinements,
+)
 from matcher.gallery import EnrollItem, Gallery
 from tunggal.settings import NodeSettings
 from tunggal.synthetic import FaceModel, subject_id
@@ -22,20 +29,56 @@ def test_probe_noise_matches_the_genuine_score() -> None:
     assert genuine_noise(512, 0.68) < genuine_noise(128, 0.68)
 
 
+def _misses_below(threshold: int, sources: list[str]) -> Callable[[int], list[str]]:
+    """An HNSW stand-in that misses 10 mates at every ef below `threshold`, none from it on."""
+
+    def hnsw(ef: int) -> list[str]:
+        misses = 10 if ef < threshold else 0
+        return ["x"] * misses + sources[misses:]
+
+    return hnsw
+
+
 def test_choose_ef_picks_the_smallest_width_meeting_the_target() -> None:
     sources = [f"s{i}" for i in range(1000)]
     exact = list(sources)
     exact[0] = "other"  # exact search misses one: not held against HNSW
 
     def hnsw(ef: int) -> list[str]:
-        misses = {16: 50, 32: 5, 64: 1, 128: 0}[ef]
+        misses = {16: 50, 32: 5, 40: 3, 48: 2, 56: 1, 64: 1, 128: 0}[ef]
         return ["x"] * misses + sources[misses:]
 
     result = choose_ef(sources, exact, hnsw, [128, 16, 64, 32], 0.999, 1000)
-    assert (result.ef, result.met, result.exact_hits, result.hnsw_hits) == (64, True, 999, 999)
-    assert result.table == {16: 950, 32: 995, 64: 999}
+    # 32 falls short and 64 meets it: 40, 48, 56 lie between; 56 is the first to meet it.
+    assert (result.ef, result.met, result.exact_hits, result.hnsw_hits) == (56, True, 999, 999)
+    assert result.table == {16: 950, 32: 995, 48: 998, 56: 999, 64: 999}
+    assert list(result.table) == sorted(result.table)
     unmet = choose_ef(sources, exact, lambda ef: ["x"] * 1000, [16, 32], 0.999, 1000)
     assert not unmet.met and unmet.ef == 32 and unmet.hit_rate == 0.0
+    first = choose_ef(sources, exact, _misses_below(0, sources), [16, 32], 0.999, 1000)
+    assert (first.ef, first.table) == (16, {16: 1000})  # nothing below the grid's first
+
+
+@pytest.mark.parametrize("threshold", [257, 288, 300, 352, 353, 384])
+def test_choose_ef_bisects_to_the_first_refinement_meeting_the_target(threshold: int) -> None:
+    sources = [f"s{i}" for i in range(1000)]
+    result = choose_ef(
+        sources, sources, _misses_below(threshold, sources), DEFAULT_GRID, 0.999, 1000
+    )
+    between = refinements(256, 384)
+    assert between == [288, 320, 352]
+    expected = min([ef for ef in between if ef >= threshold] + [384])
+    assert result.met and result.ef == expected
+    # Binary search: at most 2 of the 3 widths between 256 and 384 are tried.
+    assert len([ef for ef in result.table if 256 < ef < 384]) <= 2
+    assert max(result.table) == 384
+
+
+def test_refinements_step_by_an_eighth_of_the_short_width() -> None:
+    assert refinements(384, 512) == [432, 480]
+    assert refinements(128, 192) == [144, 160, 176]
+    assert refinements(64, 96) == [72, 80, 88]
+    assert refinements(16, 24) == []
 
 
 @pytest.mark.timeout(900)
