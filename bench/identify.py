@@ -12,16 +12,21 @@ case) it:
   3. restarts the cluster (snapshot load) and reads the nodes' memory at rest;
   4. builds (or loads from --cache) raw hnswlib over the whole gallery in this
      process with the nodes' M and ef_construction, and runs the same queries
-     with the same client threads at the nodes' ef and at the ef the nodes'
-     calibration picks for the single index (equal accuracy), taking turns
-     with the gateway within each of --runs rounds (the cluster stays up and
-     idle meanwhile); gateway/raw QPS is the median of the rounds' ratios.
+     from as many client threads as the gateway has calls in flight, at the
+     nodes' ef and at the ef the nodes' calibration picks for the single
+     index (equal accuracy), taking turns with the gateway within each of
+     --runs rounds (the cluster stays up and idle meanwhile); gateway/raw QPS
+     is the median of the rounds' ratios. The gateway's load comes from
+     `tunggal load`'s grpc.aio generator (one event loop, the way ghz loads
+     a server), and again from the sync `TunggalClient` in threads, whose
+     client CPU shares these 2 cores with the gateway and the nodes.
 Results are printed and appended to docs/BENCHMARKS.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gc
 import secrets
 import statistics
@@ -47,13 +52,20 @@ from bench.reference import (
 )
 from bench.report import append, log, machine, now
 from tunggal.client import NodeInfo, TunggalClient, bearer
+from tunggal.load import LoadConfig, TenantLoad, generate
 from tunggal.localcluster import LocalCluster, write_all_methods_tenants
 from tunggal.settings import NodeSettings
 from tunggal.synthetic import FaceModel, identity_of, subject_id
+from tunggal.templates import encode_template
+from tunggal.v1 import tunggal_pb2 as pb
 
 FloatMatrix = npt.NDArray[np.float32]
 
 _K = 10  # Identify k, and the k of recall@k
+GATEWAY = "gateway"
+"""Identify load from `tunggal load`'s grpc.aio generator (`aio_identify_load`)."""
+SYNC_GATEWAY = "gateway (sync client threads)"
+"""The same load from the sync `TunggalClient`, one thread per call in flight."""
 
 
 @dataclass
@@ -101,6 +113,29 @@ def run_load(call: Callable[[int], object], n: int, concurrency: int, runs: int)
     )
 
 
+def aio_identify_load(address: str, key: str, probes: FloatMatrix, concurrency: int) -> Load:
+    """Identify for each probe once through the gateway, from `tunggal load`'s
+    grpc.aio generator (closed loop, `concurrency` calls in flight, one event
+    loop in this process): the load a ghz-like tool offers, at a fraction of
+    the client CPU of `concurrency` threads on the sync client, which shares
+    these cores with the gateway and the nodes."""
+    config = LoadConfig(
+        address=address,
+        method="Identify",
+        tenants=(TenantLoad("bench", key, 0.0, concurrency),),
+        total=len(probes),
+        timeout_s=120.0,
+        k=_K,
+    )
+    requests = [
+        pb.IdentifyRequest(probe=pb.Probe(template=encode_template(p)), k=_K) for p in probes
+    ]
+    total = asyncio.run(generate(config, requests)).total
+    if total.ok != len(probes):
+        raise RuntimeError(f"{total.ok} of {len(probes)} Identify calls succeeded: {total.codes}")
+    return Load(total.rps, total.latency.p50_ms, total.latency.p99_ms)
+
+
 def settled_stats(client: TunggalClient, growth: float = 1.5) -> list[NodeInfo]:
     """Stats once every node has calibrated for (about) its current size."""
     while True:
@@ -135,21 +170,32 @@ def gateway_topk(client: TunggalClient, probes: FloatMatrix) -> npt.NDArray[np.i
     return out
 
 
+Runner = Callable[[int], Load]
+"""Runs one target's load at a concurrency and measures it."""
+
+
+def threaded(prepare: Callable[[], None], call: Callable[[int], object], n: int) -> Runner:
+    """A runner of call(i) for i < n from `concurrency` threads, after prepare()
+    (e.g. setting hnswlib's ef)."""
+
+    def run(concurrency: int) -> Load:
+        prepare()
+        return run_load(call, n, concurrency, 1)
+
+    return run
+
+
 def interleaved_loads(
-    args: argparse.Namespace,
-    targets: dict[str, tuple[Callable[[], None], Callable[[int], object]]],
-    n: int,
+    args: argparse.Namespace, targets: dict[str, Runner]
 ) -> dict[str, dict[int, list[Load]]]:
     """Each target's load at each concurrency, --runs rounds, the targets
     taking turns within a round (so a drift of this shared machine's load hits
-    all of them alike and ratios are taken within a round). A target is
-    (prepare, call): prepare() runs before its turn, e.g. to set hnswlib's ef."""
+    all of them alike and ratios are taken within a round)."""
     out: dict[str, dict[int, list[Load]]] = {name: {} for name in targets}
     for r in range(args.runs):
         for c in args.concurrency:
-            for name, (prepare, call) in targets.items():
-                prepare()
-                out[name].setdefault(c, []).append(run_load(call, n, c, 1))
+            for name, runner in targets.items():
+                out[name].setdefault(c, []).append(runner(c))
                 log(f"  round {r + 1} c={c} {name}: {out[name][c][-1].qps:,.0f} QPS")
     return out
 
@@ -215,20 +261,22 @@ def run_case(args: argparse.Namespace, name: str, structure: float, n: int) -> C
                     raw_efs[f"raw hnswlib at its calibrated ef {calibration.ef}"] = calibration.ef
                 tops = {ref: raw_topk(index, probes, ef) for ref, ef in raw_efs.items()}
 
-                def raw_target(
-                    ix: hnswlib.Index, ef: int
-                ) -> tuple[Callable[[], None], Callable[[int], object]]:
-                    return (
+                def raw_target(ix: hnswlib.Index, ef: int) -> Runner:
+                    return threaded(
                         lambda: ix.set_ef(ef),
                         lambda i: ix.knn_query(probes[i], k=_K, num_threads=1),
+                        len(probes),
                     )
 
                 log(f"{name}: identify load, gateway and raw hnswlib taking turns")
-                targets = {
-                    "gateway": (lambda: None, lambda i: client.identify(probes[i], k=_K)),
+                targets: dict[str, Runner] = {
+                    GATEWAY: lambda c: aio_identify_load(cluster.address, key, probes, c),
+                    SYNC_GATEWAY: threaded(
+                        lambda: None, lambda i: client.identify(probes[i], k=_K), len(probes)
+                    ),
                     **{ref: raw_target(index, ef) for ref, ef in raw_efs.items()},
                 }
-                loads = interleaved_loads(args, targets, len(probes))
+                loads = interleaved_loads(args, targets)
                 del index, targets
                 gc.collect()
                 log(f"{name}: verify load")
@@ -276,20 +324,24 @@ def run_case(args: argparse.Namespace, name: str, structure: float, n: int) -> C
     for ref, top in tops.items():
         case.rows[f"recall@{_K} vs exact numpy top-{_K}: {ref}"] = f"{recall_at(top, truth_k):.4f}"
     for c in args.concurrency:
-        gateway = loads["gateway"][c]
-        g = median_load(gateway)
-        case.rows[f"identify c={c}: gateway QPS, p50 / p99 ms"] = (
-            f"{g.qps:,.0f}, {g.p50_ms:.2f} / {g.p99_ms:.2f}"
-        )
+        for via in (GATEWAY, SYNC_GATEWAY):
+            g = median_load(loads[via][c])
+            case.rows[f"identify c={c}: {via} QPS, p50 / p99 ms"] = (
+                f"{g.qps:,.0f}, {g.p50_ms:.2f} / {g.p99_ms:.2f}"
+            )
         for ref in raw_efs:
             raw = loads[ref][c]
             r = median_load(raw)
-            ratios = sorted(a.qps / b.qps for a, b in zip(gateway, raw, strict=True))
+            cells = []
+            for via in (GATEWAY, SYNC_GATEWAY):
+                ratios = sorted(a.qps / b.qps for a, b in zip(loads[via][c], raw, strict=True))
+                cells.append(
+                    f"{via}/raw **{statistics.median(ratios):.2f}** (rounds: "
+                    + ", ".join(f"{x:.2f}" for x in ratios)
+                    + ")"
+                )
             case.rows[f"identify c={c}: {ref}: QPS, p50 / p99 ms; gateway/raw QPS"] = (
-                f"{r.qps:,.0f}, {r.p50_ms:.2f} / {r.p99_ms:.2f}; "
-                f"**{statistics.median(ratios):.2f}** (rounds: "
-                + ", ".join(f"{x:.2f}" for x in ratios)
-                + ")"
+                f"{r.qps:,.0f}, {r.p50_ms:.2f} / {r.p99_ms:.2f}; " + "; ".join(cells)
             )
     case.rows[f"verify c={max(args.concurrency)}: QPS, p50 / p99 ms"] = (
         f"{ver.qps:,.0f}, {ver.p50_ms:.2f} / {ver.p99_ms:.2f}"

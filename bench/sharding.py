@@ -20,7 +20,9 @@ turns within each round:
 - **ideal sharding**: one `knn_query` per shard at that shard's calibrated ef,
   both in the calling thread, then the per-subject merge: no RPC, no server;
 - **gateway**: Identify through the local cluster (gateway + the 2 nodes as
-  processes, started over the same data, calibrated by the nodes themselves).
+  processes, started over the same data, calibrated by the nodes themselves),
+  from `tunggal load`'s grpc.aio generator with as many calls in flight as
+  the client threads; and again from those threads on the sync client.
 
 ideal/raw is the most that any gateway over these shards can reach on this
 machine at equal accuracy; gateway/ideal is what the RPC path keeps of it.
@@ -31,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,7 +41,14 @@ import numpy as np
 import numpy.typing as npt
 
 from bench.cpu_breakdown import KEY, cluster, seed
-from bench.identify import Load, run_load, settled_stats
+from bench.identify import (
+    GATEWAY,
+    SYNC_GATEWAY,
+    aio_identify_load,
+    interleaved_loads,
+    settled_stats,
+    threaded,
+)
 from bench.reference import add_cache_option, cache_path, calibrated_ef, raw_hnsw
 from bench.report import append, log, machine, now
 from matcher.snapshot import read_manifest, snapshots
@@ -87,6 +95,10 @@ def load_shard(data_dir: Path, dim: int) -> Shard:
     if index.get_current_count() != int((identity >= 0).sum()):
         raise SystemExit(f"{data_dir}: the snapshot is behind the store; restart the node once")
     return Shard(data_dir.name, index, rows, identity)
+
+
+def _nothing() -> None:
+    """No preparation before a turn."""
 
 
 def sharded_top(shards: list[Shard], probe: FloatMatrix) -> list[int]:
@@ -160,17 +172,20 @@ def main(argv: list[str] | None = None) -> None:
             return answer.candidates[0].subject_id if answer.candidates else ""
 
         hits["gateway"] = sum(gateway_top(i) == truth[i] for i in range(len(ids)))
-        calls: dict[str, Callable[[int], object]] = {
-            "raw": lambda i: raw.knn_query(probes[i], k=_K, num_threads=1),
-            "ideal": lambda i: sharded_top(shards, probes[i : i + 1]),
-            "gateway": gateway_top,
-        }
-        loads: dict[str, dict[int, list[Load]]] = {name: {} for name in calls}
-        for r in range(args.runs):
-            for c in args.concurrency:
-                for name, call in calls.items():
-                    loads[name].setdefault(c, []).append(run_load(call, len(ids), c, 1))
-                    log(f"  round {r + 1} c={c} {name}: {loads[name][c][-1].qps:,.0f} QPS")
+        n_ids = len(ids)
+        loads = interleaved_loads(
+            args,
+            {
+                "raw": threaded(
+                    _nothing, lambda i: raw.knn_query(probes[i], k=_K, num_threads=1), n_ids
+                ),
+                "ideal": threaded(
+                    _nothing, lambda i: sharded_top(shards, probes[i : i + 1]), n_ids
+                ),
+                GATEWAY: lambda c: aio_identify_load(cl.address, KEY, probes, c),
+                SYNC_GATEWAY: threaded(_nothing, gateway_top, n_ids),
+            },
+        )
 
     d = NodeSettings()
     efs = ", ".join(f"{s.name}: {s.ef}" for s in shards)
@@ -182,25 +197,28 @@ def main(argv: list[str] | None = None) -> None:
         f"ef_construction={d.ef_construction}. Raw: one hnswlib index over the whole "
         "gallery. Ideal sharding: the 2 nodes' own indexes (their snapshots), searched one "
         "after the other in the calling thread and merged, in this process. Gateway: "
-        "Identify through the local cluster over the same data (sync `TunggalClient`). "
-        f"{len(ids)} mated probes from the same client threads, medians of {args.runs} "
-        "rounds in which the three take turns (ratios taken within a round).",
+        "Identify through the local cluster over the same data, from `tunggal load`'s "
+        "grpc.aio generator (the same number of calls in flight as raw's client threads), "
+        "and from the sync `TunggalClient` in those threads. "
+        f"{len(ids)} mated probes, medians of {args.runs} "
+        "rounds in which the four take turns (ratios taken within a round).",
         "",
         "| measure | value |",
         "|---|---|",
         f"| calibrated ef: raw (whole gallery) / shards in this process / the nodes' own | "
         f"{raw_cal.ef} / {efs} / {node_efs} |",
-        "| rank-1 mate hits: raw / ideal sharding / gateway | "
+        "| rank-1 mate hits: raw / ideal sharding / gateway (sync client) | "
         + " / ".join(f"{hits[k]}/{len(ids)}" for k in ("raw", "ideal", "gateway"))
         + " |",
     ]
     for c in args.concurrency:
         qps = {k: statistics.median(x.qps for x in v[c]) for k, v in loads.items()}
         lines.append(
-            f"| c={c}: QPS raw / ideal sharding / gateway | {qps['raw']:,.0f} / "
-            f"{qps['ideal']:,.0f} / {qps['gateway']:,.0f} |"
+            f"| c={c}: QPS raw / ideal sharding / gateway / {SYNC_GATEWAY} | {qps['raw']:,.0f} / "
+            f"{qps['ideal']:,.0f} / {qps[GATEWAY]:,.0f} / {qps[SYNC_GATEWAY]:,.0f} |"
         )
-        for top, bottom in (("ideal", "raw"), ("gateway", "raw"), ("gateway", "ideal")):
+        pairs = (("ideal", "raw"), (GATEWAY, "raw"), (GATEWAY, "ideal"), (SYNC_GATEWAY, "raw"))
+        for top, bottom in pairs:
             ratios = [a.qps / b.qps for a, b in zip(loads[top][c], loads[bottom][c], strict=True)]
             rounds = ", ".join(f"{x:.2f}" for x in ratios)
             lines.append(
