@@ -52,11 +52,10 @@ from bench.reference import (
 )
 from bench.report import append, log, machine, now
 from tunggal.client import NodeInfo, TunggalClient, bearer
-from tunggal.load import LoadConfig, TenantLoad, generate
+from tunggal.load import LoadConfig, TenantLoad, generate, identify_requests
 from tunggal.localcluster import LocalCluster, write_all_methods_tenants
 from tunggal.settings import NodeSettings
 from tunggal.synthetic import FaceModel, identity_of, subject_id
-from tunggal.templates import encode_template
 from tunggal.v1 import tunggal_pb2 as pb
 
 FloatMatrix = npt.NDArray[np.float32]
@@ -113,8 +112,10 @@ def run_load(call: Callable[[int], object], n: int, concurrency: int, runs: int)
     )
 
 
-def aio_identify_load(address: str, key: str, probes: FloatMatrix, concurrency: int) -> Load:
-    """Identify for each probe once through the gateway, from `tunggal load`'s
+def aio_identify_load(
+    address: str, key: str, requests: list[pb.IdentifyRequest], concurrency: int
+) -> Load:
+    """Each Identify request once through the gateway, from `tunggal load`'s
     grpc.aio generator (closed loop, `concurrency` calls in flight, one event
     loop in this process): the load a ghz-like tool offers, at a fraction of
     the client CPU of `concurrency` threads on the sync client, which shares
@@ -123,16 +124,12 @@ def aio_identify_load(address: str, key: str, probes: FloatMatrix, concurrency: 
         address=address,
         method="Identify",
         tenants=(TenantLoad("bench", key, 0.0, concurrency),),
-        total=len(probes),
+        total=len(requests),
         timeout_s=120.0,
-        k=_K,
     )
-    requests = [
-        pb.IdentifyRequest(probe=pb.Probe(template=encode_template(p)), k=_K) for p in probes
-    ]
     total = asyncio.run(generate(config, requests)).total
-    if total.ok != len(probes):
-        raise RuntimeError(f"{total.ok} of {len(probes)} Identify calls succeeded: {total.codes}")
+    if total.ok != len(requests):
+        raise RuntimeError(f"{total.ok} of {len(requests)} Identify calls succeeded: {total.codes}")
     return Load(total.rps, total.latency.p50_ms, total.latency.p99_ms)
 
 
@@ -174,12 +171,15 @@ Runner = Callable[[int], Load]
 """Runs one target's load at a concurrency and measures it."""
 
 
-def threaded(prepare: Callable[[], None], call: Callable[[int], object], n: int) -> Runner:
+def threaded(
+    call: Callable[[int], object], n: int, prepare: Callable[[], None] | None = None
+) -> Runner:
     """A runner of call(i) for i < n from `concurrency` threads, after prepare()
-    (e.g. setting hnswlib's ef)."""
+    if given (e.g. setting hnswlib's ef)."""
 
     def run(concurrency: int) -> Load:
-        prepare()
+        if prepare is not None:
+            prepare()
         return run_load(call, n, concurrency, 1)
 
     return run
@@ -263,17 +263,16 @@ def run_case(args: argparse.Namespace, name: str, structure: float, n: int) -> C
 
                 def raw_target(ix: hnswlib.Index, ef: int) -> Runner:
                     return threaded(
-                        lambda: ix.set_ef(ef),
                         lambda i: ix.knn_query(probes[i], k=_K, num_threads=1),
                         len(probes),
+                        prepare=lambda: ix.set_ef(ef),
                     )
 
                 log(f"{name}: identify load, gateway and raw hnswlib taking turns")
+                requests = identify_requests(probes, _K)
                 targets: dict[str, Runner] = {
-                    GATEWAY: lambda c: aio_identify_load(cluster.address, key, probes, c),
-                    SYNC_GATEWAY: threaded(
-                        lambda: None, lambda i: client.identify(probes[i], k=_K), len(probes)
-                    ),
+                    GATEWAY: lambda c: aio_identify_load(cluster.address, key, requests, c),
+                    SYNC_GATEWAY: threaded(lambda i: client.identify(probes[i], k=_K), len(probes)),
                     **{ref: raw_target(index, ef) for ref, ef in raw_efs.items()},
                 }
                 loads = interleaved_loads(args, targets)

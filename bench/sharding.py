@@ -54,6 +54,7 @@ from bench.report import append, log, machine, now
 from matcher.snapshot import read_manifest, snapshots
 from matcher.store import Store
 from tunggal.client import TunggalClient, bearer
+from tunggal.load import identify_requests
 from tunggal.settings import NodeSettings
 from tunggal.synthetic import FaceModel, identity_of, subject_id
 
@@ -95,10 +96,6 @@ def load_shard(data_dir: Path, dim: int) -> Shard:
     if index.get_current_count() != int((identity >= 0).sum()):
         raise SystemExit(f"{data_dir}: the snapshot is behind the store; restart the node once")
     return Shard(data_dir.name, index, rows, identity)
-
-
-def _nothing() -> None:
-    """No preparation before a turn."""
 
 
 def sharded_top(shards: list[Shard], probe: FloatMatrix) -> list[int]:
@@ -173,17 +170,14 @@ def main(argv: list[str] | None = None) -> None:
 
         hits["gateway"] = sum(gateway_top(i) == truth[i] for i in range(len(ids)))
         n_ids = len(ids)
+        requests = identify_requests(probes, _K)
         loads = interleaved_loads(
             args,
             {
-                "raw": threaded(
-                    _nothing, lambda i: raw.knn_query(probes[i], k=_K, num_threads=1), n_ids
-                ),
-                "ideal": threaded(
-                    _nothing, lambda i: sharded_top(shards, probes[i : i + 1]), n_ids
-                ),
-                GATEWAY: lambda c: aio_identify_load(cl.address, KEY, probes, c),
-                SYNC_GATEWAY: threaded(_nothing, gateway_top, n_ids),
+                "raw": threaded(lambda i: raw.knn_query(probes[i], k=_K, num_threads=1), n_ids),
+                "ideal": threaded(lambda i: sharded_top(shards, probes[i : i + 1]), n_ids),
+                GATEWAY: lambda c: aio_identify_load(cl.address, KEY, requests, c),
+                SYNC_GATEWAY: threaded(gateway_top, n_ids),
             },
         )
 

@@ -43,6 +43,7 @@ from typing import Any, Final
 import grpc
 import grpc.aio
 import numpy as np
+import numpy.typing as npt
 
 from gateway.tenants import DEMO_KEYS
 from tunggal.demo import DEMO_MODEL
@@ -431,8 +432,14 @@ def build_requests(config: LoadConfig) -> list[Any]:
             pb.VerifyRequest(subject_id=subject_id(i), probe=pb.Probe(template=encode_template(p)))
             for i, p in zip(ids, probes, strict=True)
         ]
+    return identify_requests(probes, config.k)
+
+
+def identify_requests(probes: npt.ArrayLike, k: int) -> list[pb.IdentifyRequest]:
+    """One Identify request (top `k`) per probe row."""
     return [
-        pb.IdentifyRequest(probe=pb.Probe(template=encode_template(p)), k=config.k) for p in probes
+        pb.IdentifyRequest(probe=pb.Probe(template=encode_template(p)), k=k)
+        for p in np.asarray(probes, dtype=np.float32)
     ]
 
 
