@@ -3,7 +3,7 @@ PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
-PROTO   := protos/tunggal/v1/tunggal.proto
+PROTO   := protos/tunggal/v1/tunggal.proto protos/tunggal/ops/v1/ops.proto protos/tunggal/node/v1/node.proto
 
 .PHONY: run test proto bench lint typecheck clean accuracy
 

@@ -34,8 +34,8 @@ import numpy as np
 from bench.identify import settled_stats
 from bench.report import append, cpu_seconds, log, machine, now
 from tunggal.client import TunggalClient, bearer
-from tunggal.localcluster import LocalCluster, write_all_methods_tenants
 from tunggal.synthetic import FaceModel, subject_id
+from tunggal_tools.localcluster import LocalCluster, write_all_methods_tenants
 
 _K = 10
 KEY = "bench-cpu-breakdown-key"

@@ -52,11 +52,11 @@ from bench.reference import (
 )
 from bench.report import append, log, machine, now
 from tunggal.client import NodeInfo, TunggalClient, bearer
-from tunggal.load import LoadConfig, TenantLoad, generate, identify_requests
-from tunggal.localcluster import LocalCluster, write_all_methods_tenants
 from tunggal.settings import NodeSettings
 from tunggal.synthetic import FaceModel, identity_of, subject_id
 from tunggal.v1 import tunggal_pb2 as pb
+from tunggal_tools.load import LoadConfig, TenantLoad, generate, identify_requests
+from tunggal_tools.localcluster import LocalCluster, write_all_methods_tenants
 
 FloatMatrix = npt.NDArray[np.float32]
 

@@ -14,7 +14,7 @@ Not part of CI (it takes a few minutes and wants the machine to itself). It:
   4. runs the three normal tenants alone at 0.1 C each: their unloaded p99;
   5. measures what the gateway spends (CPU time, /proc/<pid>/stat) per served
      call, per call rejected by quota and per call without a key;
-  6. offers 1.5 C for --overload-s seconds, open loop (tunggal.load): greedy
+  6. offers 1.5 C for --overload-s seconds, open loop (tunggal_tools.load): greedy
      asks 1.2 C, the normal tenants 0.1 C each, and samples the processes'
      RSS at start, middle and end.
 
@@ -46,9 +46,9 @@ from bench.report import append, cpu_seconds, log, machine, now, rss_bytes
 from gateway.overload import OverloadSettings
 from gateway.tenants import Tenant, dump_tenants, hash_key
 from tunggal.client import TunggalClient, bearer
-from tunggal.demo import DEMO_MODEL, seed
-from tunggal.load import LoadConfig, LoadReport, TenantLoad, build_requests, generate
-from tunggal.localcluster import LocalCluster
+from tunggal_tools.demo import DEMO_MODEL, seed
+from tunggal_tools.load import LoadConfig, LoadReport, TenantLoad, build_requests, generate
+from tunggal_tools.localcluster import LocalCluster
 
 NORMALS = ("normal-1", "normal-2", "normal-3")
 
@@ -321,7 +321,7 @@ def render(args: argparse.Namespace, res: dict[str, Any]) -> str:
         "",
         f"Machine: {machine()}. `python -m bench.overload` — gateway + 2 matcher nodes as "
         f"processes on 127.0.0.1, {args.subjects:,} demo subjects, Identify k=10, per-call "
-        f"deadline {args.deadline:g} s; load from `tunggal.load` (grpc.aio, open loop: "
+        f"deadline {args.deadline:g} s; load from `tunggal_tools.load` (grpc.aio, open loop: "
         "latency from each call's due time) in a process on the same cores.",
         "",
         "Capacity C (closed loop, one unlimited tenant): "

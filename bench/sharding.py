@@ -54,9 +54,9 @@ from bench.report import append, log, machine, now
 from matcher.snapshot import read_manifest, snapshots
 from matcher.store import Store
 from tunggal.client import TunggalClient, bearer
-from tunggal.load import identify_requests
 from tunggal.settings import NodeSettings
 from tunggal.synthetic import FaceModel, identity_of, subject_id
+from tunggal_tools.load import identify_requests
 
 FloatMatrix = npt.NDArray[np.float32]
 _K = 10

@@ -24,8 +24,8 @@ import grpc.aio
 
 from gateway.shard_errors import ShardError, shard_error
 from shard.shardmap import Node
-from tunggal.v1 import tunggal_pb2 as pb
-from tunggal.v1 import tunggal_pb2_grpc as pb_grpc
+from tunggal.node.v1 import node_pb2 as node_pb
+from tunggal.node.v1 import node_pb2_grpc as node_grpc
 
 MAX_BATCH_CANDIDATES = 4096
 """A batch stops growing once its searches want this many candidates (sum of k)."""
@@ -33,16 +33,16 @@ MAX_BATCH_CANDIDATES = 4096
 
 @dataclass(frozen=True)
 class _Waiting:
-    request: pb.NodeSearchRequest
+    request: node_pb.NodeSearchRequest
     deadline: float  # event-loop time
-    answer: asyncio.Future[pb.NodeSearchResponse]
+    answer: asyncio.Future[node_pb.NodeSearchResponse]
 
 
 class SearchBatcher:
     """Sends one node's searches as SearchBatch calls (see the module docstring)."""
 
     def __init__(
-        self, node: Node, stub: pb_grpc.MatcherNodeAsyncStub, max_batch: int, in_flight: int
+        self, node: Node, stub: node_grpc.MatcherNodeAsyncStub, max_batch: int, in_flight: int
     ) -> None:
         self.node = node
         self._stub = stub
@@ -58,13 +58,13 @@ class SearchBatcher:
         return len(self._queue)
 
     def submit(
-        self, request: pb.NodeSearchRequest, timeout: float
-    ) -> asyncio.Future[pb.NodeSearchResponse]:
+        self, request: node_pb.NodeSearchRequest, timeout: float
+    ) -> asyncio.Future[node_pb.NodeSearchResponse]:
         """A future of the node's answer to `request`, failed with a ShardError
         (DEADLINE_EXCEEDED when `timeout` seconds pass first). Cancelling it
         withdraws the search if it has not been sent yet."""
         loop = asyncio.get_running_loop()
-        answer: asyncio.Future[pb.NodeSearchResponse] = loop.create_future()
+        answer: asyncio.Future[node_pb.NodeSearchResponse] = loop.create_future()
         deadline = loop.time() + timeout
         timer = loop.call_at(deadline, self._expire, answer, timeout)
         answer.add_done_callback(lambda _answer: timer.cancel())
@@ -72,7 +72,7 @@ class SearchBatcher:
         self._pump()
         return answer
 
-    def _expire(self, answer: asyncio.Future[pb.NodeSearchResponse], timeout: float) -> None:
+    def _expire(self, answer: asyncio.Future[node_pb.NodeSearchResponse], timeout: float) -> None:
         if not answer.done():
             answer.set_exception(self._late(timeout))
 
@@ -117,7 +117,7 @@ class SearchBatcher:
     async def _send(self, batch: list[_Waiting]) -> None:
         try:
             timeout = max(w.deadline for w in batch) - asyncio.get_running_loop().time()
-            request = pb.NodeSearchBatchRequest(searches=[w.request for w in batch])
+            request = node_pb.NodeSearchBatchRequest(searches=[w.request for w in batch])
             try:
                 reply = await self._stub.SearchBatch(request, timeout=max(timeout, 0.001))
             except grpc.aio.AioRpcError as exc:

@@ -53,7 +53,8 @@ Behaviour = Callable[[Any, "Context"], Awaitable[Any]]
 
 _log = structlog.get_logger("tunggal.gateway.interceptors")
 
-PUBLIC_SERVICE: Final = "tunggal.v1.Matcher"
+TENANT_SERVICES: Final = frozenset({"tunggal.v1.Matcher", "tunggal.ops.v1.Operations"})
+"""Services whose methods a tenant may be allowed by name (Stats is Operations')."""
 OPEN_SERVICES: Final = frozenset(
     {
         "grpc.health.v1.Health",
@@ -98,7 +99,7 @@ def _call_state(details: grpc.HandlerCallDetails) -> CallState:
     state = _STATE.get()
     if state is None:
         service, method = split_method(details.method)
-        state = CallState(method if service == PUBLIC_SERVICE else details.method[:128])
+        state = CallState(method if service in TENANT_SERVICES else details.method[:128])
         _STATE.set(state)
     return state
 
@@ -255,7 +256,7 @@ class AuthInterceptor(_ServerInterceptor):
             return _rejection(grpc.StatusCode.UNAUTHENTICATED, "unknown API key")
         state.tenant = tenant
         service, method = split_method(details.method)
-        if service != PUBLIC_SERVICE or not tenant.may_call(method):
+        if service not in TENANT_SERVICES or not tenant.may_call(method):
             state.reason = "permission_denied"
             return _rejection(
                 grpc.StatusCode.PERMISSION_DENIED,

@@ -28,8 +28,8 @@ import grpc.aio
 from gateway.batching import SearchBatcher
 from shard.shardmap import Node
 from tunggal.internal_auth import InternalAuthClientInterceptor
+from tunggal.node.v1 import node_pb2_grpc as node_grpc
 from tunggal.settings import GatewaySettings, grpc_message_options
-from tunggal.v1 import tunggal_pb2_grpc as pb_grpc
 
 _KEEPALIVE_TIMEOUT_MS = 10_000
 _RECONNECT_MIN_MS = 200
@@ -57,7 +57,7 @@ class NodeClient:
 
     node: Node
     channel: grpc.aio.Channel
-    stub: pb_grpc.MatcherNodeAsyncStub
+    stub: node_grpc.MatcherNodeAsyncStub
     searches: SearchBatcher
 
 
@@ -80,7 +80,7 @@ class NodePool:
             channel = grpc.aio.insecure_channel(
                 node.address, options=options, interceptors=interceptors
             )
-            stub = pb_grpc.MatcherNodeStub(channel)
+            stub = node_grpc.MatcherNodeStub(channel)
             searches = SearchBatcher(
                 node, stub, settings.search_batch, settings.search_batches_in_flight
             )

@@ -57,6 +57,10 @@ from tunggal.errors import (
 )
 from tunggal.internal_auth import SECRET_ENV, internal_secret
 from tunggal.logs import configure_logging
+from tunggal.node.v1 import node_pb2 as node_pb
+from tunggal.node.v1 import node_pb2_grpc as node_grpc
+from tunggal.ops.v1 import ops_pb2 as ops_pb
+from tunggal.ops.v1 import ops_pb2_grpc as ops_grpc
 from tunggal.rpc import async_errors
 from tunggal.settings import GatewaySettings, grpc_message_options
 from tunggal.templates import (
@@ -80,6 +84,7 @@ Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 
 MATCHER_SERVICE = pb.DESCRIPTOR.services_by_name["Matcher"].full_name
+OPERATIONS_SERVICE = ops_pb.DESCRIPTOR.services_by_name["Operations"].full_name
 # time_remaining() above this many seconds means "no deadline" (sync servers).
 _NO_DEADLINE_S = 1e8
 
@@ -125,7 +130,7 @@ class MatcherGateway(pb_grpc.MatcherServicer):
         self,
         subject_id: str,
         method: Callable[
-            [pb_grpc.MatcherNodeAsyncStub], grpc.aio.UnaryUnaryMultiCallable[Req, Resp]
+            [node_grpc.MatcherNodeAsyncStub], grpc.aio.UnaryUnaryMultiCallable[Req, Resp]
         ],
         request: Req,
         context: Context,
@@ -268,7 +273,7 @@ class MatcherGateway(pb_grpc.MatcherServicer):
             check_score(request.min_score, "min_score") if request.HasField("min_score") else -1.0
         )
         started = time.perf_counter()
-        search = pb.NodeSearchRequest(
+        search = node_pb.NodeSearchRequest(
             probe=request.probe.template,
             k=k,
             min_score=min_score,
@@ -282,7 +287,7 @@ class MatcherGateway(pb_grpc.MatcherServicer):
         if escalated:
             # The best score over every shard is just under the threshold:
             # that is where a mate HNSW missed would hide. Ask exactly.
-            exact = pb.NodeSearchRequest()
+            exact = node_pb.NodeSearchRequest()
             exact.CopyFrom(search)  # the first may still sit in a batcher's queue
             exact.exact = True
             candidates, answered, failures = await self._search_all(
@@ -311,7 +316,7 @@ class MatcherGateway(pb_grpc.MatcherServicer):
         return in_escalation_band(best, self.settings.verify_threshold, self.settings.escalate_band)
 
     async def _search_all(
-        self, search: pb.NodeSearchRequest, timeout: float, require_all: bool
+        self, search: node_pb.NodeSearchRequest, timeout: float, require_all: bool
     ) -> tuple[list[pb.Candidate], int, list[ShardError]]:
         """Ask every shard; (merged top-k, shards that answered, failures).
 
@@ -351,16 +356,39 @@ class MatcherGateway(pb_grpc.MatcherServicer):
                 )
         return merge_candidates(answers, search.k, search.min_score), len(answers), failures
 
+
+class OperationsGateway(ops_grpc.OperationsServicer):
+    """tunggal.ops.v1.Operations: the operators' view of the nodes behind a gateway."""
+
+    def __init__(self, matcher: MatcherGateway) -> None:
+        self._matcher = matcher
+        self.shard_map = matcher.shard_map
+        self.pool = matcher.pool
+
+    def _budget(self, context: Context) -> float:
+        return self._matcher._budget(context)
+
+    async def _unary(
+        self,
+        node: Node,
+        call: grpc.aio.UnaryUnaryMultiCallable[Req, Resp],
+        request: Req,
+        timeout: float,
+    ) -> Resp:
+        return await self._matcher._unary(node, call, request, timeout)
+
+    _log_failure = staticmethod(MatcherGateway._log_failure)
+
     @async_errors
-    async def Stats(self, request: pb.StatsRequest, context: Context) -> pb.StatsResponse:
+    async def Stats(self, request: ops_pb.StatsRequest, context: Context) -> ops_pb.StatsResponse:
         timeout = self._budget(context)
 
-        async def ask(node: Node) -> pb.NodeStats:
+        async def ask(node: Node) -> ops_pb.NodeStats:
             try:
                 row = await self._unary(node, self.pool[node].stub.Stats, request, timeout)
             except ShardError as exc:
                 self._log_failure("Stats", exc)
-                return pb.NodeStats(
+                return ops_pb.NodeStats(
                     name=node.name, address=node.address, serving=False, error=exc.message
                 )
             if row.name and row.name != node.name:
@@ -370,7 +398,7 @@ class MatcherGateway(pb_grpc.MatcherServicer):
             return row
 
         rows = await asyncio.gather(*(ask(node) for node in self.shard_map.nodes))
-        return pb.StatsResponse(nodes=rows)
+        return ops_pb.StatsResponse(nodes=rows)
 
 
 class GatewayServer:
@@ -468,10 +496,11 @@ async def serve(
     )
     servicer = MatcherGateway(settings, shard_map, pool)
     pb_grpc.add_MatcherServicer_to_server(servicer, server)
+    ops_grpc.add_OperationsServicer_to_server(OperationsGateway(servicer), server)
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (MATCHER_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        (MATCHER_SERVICE, OPERATIONS_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
     bind_host = f"[{host}]" if ":" in host and not host.startswith("[") else host
     try:
@@ -483,7 +512,7 @@ async def serve(
         await pool.close()
         raise OSError(f"cannot listen on {bind_host}:{port}")
     await server.start()
-    for service in ("", MATCHER_SERVICE):
+    for service in ("", MATCHER_SERVICE, OPERATIONS_SERVICE):
         await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
     _log.info(
         "gateway_started",

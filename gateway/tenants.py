@@ -56,14 +56,6 @@ METHODS: frozenset[str] = frozenset(get_args(MethodName))
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
-DEMO_KEYS: Mapping[str, str] = {
-    "bank-x": "demo-key-bank-x",
-    "agency": "demo-key-agency",
-    "registry": "demo-key-registry",
-    "ops": "demo-key-ops",
-}
-"""API keys of deploy/tenants.demo.toml, by tenant id. Public: demo use only."""
-
 
 class Priority(StrEnum):
     """Priority class of a tenant's calls; under overload batch is shed first."""

@@ -28,13 +28,13 @@ from matcher.metrics import LatencyInterceptor, NodeMetrics
 from matcher.service import MatcherNodeService
 from tunggal.internal_auth import SECRET_ENV, InternalAuthServerInterceptor, internal_secret
 from tunggal.logs import configure_logging
+from tunggal.node.v1 import node_pb2 as node_pb
+from tunggal.node.v1 import node_pb2_grpc as node_grpc
 from tunggal.settings import NodeSettings, grpc_message_options, server_keepalive_options
 from tunggal.signals import wait_for
-from tunggal.v1 import tunggal_pb2 as pb
-from tunggal.v1 import tunggal_pb2_grpc as pb_grpc
 
 _log = structlog.get_logger("matcher.server")
-SERVICE_NAME = pb.DESCRIPTOR.services_by_name["MatcherNode"].full_name
+SERVICE_NAME = node_pb.DESCRIPTOR.services_by_name["MatcherNode"].full_name
 
 
 class NodeServer:
@@ -56,7 +56,7 @@ class NodeServer:
                 ("grpc.so_reuseport", 0),
             ],
         )
-        pb_grpc.add_MatcherNodeServicer_to_server(self.service, self.server)
+        node_grpc.add_MatcherNodeServicer_to_server(self.service, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server

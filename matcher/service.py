@@ -1,4 +1,4 @@
-"""The tunggal.v1.MatcherNode servicer: request validation around a Gallery."""
+"""The tunggal.node.v1.MatcherNode servicer: request validation around a Gallery."""
 
 from __future__ import annotations
 
@@ -10,10 +10,12 @@ import grpc
 from matcher.gallery import EnrollItem, FloatMatrix, Gallery, Match, SearchQuery
 from tunggal import templates as tpl
 from tunggal.errors import DeadlineExceeded, InvalidArgument, TunggalError, Unavailable
+from tunggal.node.v1 import node_pb2 as node_pb
+from tunggal.node.v1 import node_pb2_grpc as node_grpc
+from tunggal.ops.v1 import ops_pb2 as ops_pb
 from tunggal.rpc import sync_errors
 from tunggal.settings import NodeSettings
 from tunggal.v1 import tunggal_pb2 as pb
-from tunggal.v1 import tunggal_pb2_grpc as pb_grpc
 
 
 def rss_bytes() -> int:
@@ -50,7 +52,7 @@ def _batch_size(n: int, limit: int, field: str, one: str, many: str) -> int:
     return n
 
 
-class MatcherNodeService(pb_grpc.MatcherNodeServicer):
+class MatcherNodeService(node_grpc.MatcherNodeServicer):
     """Serves one shard. Answers UNAVAILABLE until `attach` gives it a gallery."""
 
     def __init__(self, settings: NodeSettings) -> None:
@@ -158,7 +160,7 @@ class MatcherNodeService(pb_grpc.MatcherNodeServicer):
         )
 
     def _query(
-        self, request: pb.NodeSearchRequest, field: str, probe: FloatMatrix | None = None
+        self, request: node_pb.NodeSearchRequest, field: str, probe: FloatMatrix | None = None
     ) -> SearchQuery:
         """Validate a NodeSearchRequest (raises InvalidArgument); `probe` is its
         template when already decoded."""
@@ -170,11 +172,11 @@ class MatcherNodeService(pb_grpc.MatcherNodeServicer):
 
     def _fill(
         self,
-        response: pb.NodeSearchResponse,
+        response: node_pb.NodeSearchResponse,
         gallery: Gallery,
         query: SearchQuery,
         matches: list[Match],
-    ) -> pb.NodeSearchResponse:
+    ) -> node_pb.NodeSearchResponse:
         """Write `matches` into `response` in place (no message copies)."""
         add = response.candidates.add
         shard = self.settings.name
@@ -186,21 +188,23 @@ class MatcherNodeService(pb_grpc.MatcherNodeServicer):
 
     @sync_errors
     def Search(
-        self, request: pb.NodeSearchRequest, context: grpc.ServicerContext
-    ) -> pb.NodeSearchResponse:
+        self, request: node_pb.NodeSearchRequest, context: grpc.ServicerContext
+    ) -> node_pb.NodeSearchResponse:
         gallery = self._ready(context)
         query = self._query(request, "")
-        return self._fill(pb.NodeSearchResponse(), gallery, query, gallery.search_many([query])[0])
+        return self._fill(
+            node_pb.NodeSearchResponse(), gallery, query, gallery.search_many([query])[0]
+        )
 
     @sync_errors
     def SearchBatch(
-        self, request: pb.NodeSearchBatchRequest, context: grpc.ServicerContext
-    ) -> pb.NodeSearchBatchResponse:
+        self, request: node_pb.NodeSearchBatchRequest, context: grpc.ServicerContext
+    ) -> node_pb.NodeSearchBatchResponse:
         gallery = self._ready(context)
         n = _batch_size(
             len(request.searches), self.settings.max_search_batch, "searches", "search", "searches"
         )
-        reply = pb.NodeSearchBatchResponse()
+        reply = node_pb.NodeSearchBatchResponse()
         results = [reply.results.add() for _ in range(n)]
         queries: list[SearchQuery] = []
         positions: list[int] = []
@@ -241,9 +245,11 @@ class MatcherNodeService(pb_grpc.MatcherNodeServicer):
         )
 
     @sync_errors
-    def Stats(self, request: pb.StatsRequest, context: grpc.ServicerContext) -> pb.NodeStats:
+    def Stats(
+        self, request: ops_pb.StatsRequest, context: grpc.ServicerContext
+    ) -> ops_pb.NodeStats:
         gallery = self._gallery
-        base = pb.NodeStats(
+        base = ops_pb.NodeStats(
             name=self.settings.name,
             address=f"{self.settings.host}:{self.settings.port}",
             serving=gallery is not None and not self._draining.is_set(),
@@ -257,8 +263,8 @@ class MatcherNodeService(pb_grpc.MatcherNodeServicer):
 
     @sync_errors
     def Snapshot(
-        self, request: pb.SnapshotRequest, context: grpc.ServicerContext
-    ) -> pb.SnapshotResponse:
+        self, request: node_pb.SnapshotRequest, context: grpc.ServicerContext
+    ) -> node_pb.SnapshotResponse:
         gallery = self._ready(context)
         seq, path = gallery.snapshot()
-        return pb.SnapshotResponse(seq=seq, path=str(path) if path else "")
+        return node_pb.SnapshotResponse(seq=seq, path=str(path) if path else "")

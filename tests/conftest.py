@@ -14,8 +14,8 @@ import pytest
 import structlog
 
 from tunggal.client import bearer
-from tunggal.localcluster import LocalCluster, wait_serving
-from tunggal.v1 import tunggal_pb2_grpc as pb_grpc
+from tunggal.node.v1 import node_pb2_grpc as node_grpc
+from tunggal_tools.localcluster import LocalCluster, wait_serving
 
 TEST_TENANTS = Path(__file__).resolve().parent / "tenants.test.toml"
 """One tenant, all-methods: every method, no quota, critical priority."""
@@ -103,10 +103,10 @@ def node(tmp_path: Path) -> Iterator[NodeProcess]:
 
 
 @pytest.fixture
-def node_stub(node: NodeProcess) -> Iterator[pb_grpc.MatcherNodeStub]:
+def node_stub(node: NodeProcess) -> Iterator[node_grpc.MatcherNodeStub]:
     """A MatcherNode stub connected to `node`."""
     with grpc.insecure_channel(node.address) as channel:
-        yield pb_grpc.MatcherNodeStub(channel)
+        yield node_grpc.MatcherNodeStub(channel)
 
 
 @pytest.fixture

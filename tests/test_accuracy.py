@@ -20,7 +20,7 @@ from matcher.accuracy import (
     rank1_hit_rate,
     threshold_at_fpir,
 )
-from tunggal.cli import main as cli_main
+from tunggal_tools.cli import main as cli_main
 
 NONMATED = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95])
 # Mated: four hits (scores 0.9, 0.8, 0.6, 0.3), one miss at rank 1 (someone else, 0.99).

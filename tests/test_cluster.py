@@ -13,8 +13,8 @@ import pytest
 
 from tests.conftest import TEST_AUTH, TEST_TENANTS, free_port_run
 from tunggal.client import TunggalClient
-from tunggal.localcluster import LocalCluster
 from tunggal.synthetic import FaceModel, subject_id
+from tunggal_tools.localcluster import LocalCluster
 
 MODEL = FaceModel(dim=128, structure=0.7)
 N = 20_000

@@ -21,15 +21,15 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from gateway.tenants import DEMO_KEYS, hash_key
+from gateway.tenants import hash_key
 from tests.conftest import free_port, free_port_run
 from tunggal.client import TunggalClient, bearer
-from tunggal.demo import DEMO_MODEL, seed
 from tunggal.internal_auth import METADATA_KEY
-from tunggal.localcluster import DEMO_TENANTS_FILE, LocalCluster, wait_serving
+from tunggal.node.v1 import node_pb2_grpc as node_grpc
+from tunggal.ops.v1 import ops_pb2 as ops_pb
 from tunggal.synthetic import subject_id
-from tunggal.v1 import tunggal_pb2 as pb
-from tunggal.v1 import tunggal_pb2_grpc as pb_grpc
+from tunggal_tools.demo import DEMO_KEYS, DEMO_MODEL, seed
+from tunggal_tools.localcluster import DEMO_TENANTS_FILE, LocalCluster, wait_serving
 
 ROOT = Path(__file__).resolve().parent.parent
 SUBJECTS = 300
@@ -127,13 +127,13 @@ def test_nodes_answer_the_gateway_only(cluster: LocalCluster) -> None:
     assert cluster.internal_secret
     for spec in cluster.node_specs:
         with grpc.insecure_channel(spec.address) as channel:
-            node = pb_grpc.MatcherNodeStub(channel)
+            node = node_grpc.MatcherNodeStub(channel)
             with pytest.raises(grpc.RpcError) as info:
-                node.Stats(pb.StatsRequest(), timeout=5)
+                node.Stats(ops_pb.StatsRequest(), timeout=5)
             err: Any = info.value
             assert err.code() == grpc.StatusCode.UNAUTHENTICATED
             with pytest.raises(grpc.RpcError) as info:
-                node.Stats(pb.StatsRequest(), timeout=5, metadata=((METADATA_KEY, "wrong"),))
+                node.Stats(ops_pb.StatsRequest(), timeout=5, metadata=((METADATA_KEY, "wrong"),))
             err = info.value
             assert err.code() == grpc.StatusCode.UNAUTHENTICATED
             # Health stays open for orchestrators; the secret opens the rest.
@@ -142,7 +142,9 @@ def test_nodes_answer_the_gateway_only(cluster: LocalCluster) -> None:
             )
             assert health.status == health_pb2.HealthCheckResponse.SERVING
             row = node.Stats(
-                pb.StatsRequest(), timeout=5, metadata=((METADATA_KEY, cluster.internal_secret),)
+                ops_pb.StatsRequest(),
+                timeout=5,
+                metadata=((METADATA_KEY, cluster.internal_secret),),
             )
             assert row.name == spec.name
 

@@ -30,11 +30,14 @@ from gateway.server import GatewayServer, serve, server_options
 from shard.shardmap import Node
 from tests.conftest import free_port
 from tunggal.client import Candidate, TunggalClient
-from tunggal.localcluster import wait_serving
+from tunggal.node.v1 import node_pb2 as node_pb
+from tunggal.node.v1 import node_pb2_grpc as node_grpc
+from tunggal.ops.v1 import ops_pb2 as ops_pb
 from tunggal.settings import GatewaySettings
 from tunggal.templates import encode_template
 from tunggal.v1 import tunggal_pb2 as pb
 from tunggal.v1 import tunggal_pb2_grpc as pb_grpc
+from tunggal_tools.localcluster import wait_serving
 
 DIM = 8
 ROOT = Path(__file__).resolve().parent.parent
@@ -77,7 +80,7 @@ class LoopThread:
         self.thread.join(5)
 
 
-class FakeNode(pb_grpc.MatcherNodeServicer):
+class FakeNode(node_grpc.MatcherNodeServicer):
     """A MatcherNode with canned answers; `fail` maps subject ids to (code, message)."""
 
     def __init__(self, name: str, candidates: list[tuple[str, float]] | None = None) -> None:
@@ -137,23 +140,25 @@ class FakeNode(pb_grpc.MatcherNodeServicer):
             templates_compared=3,
         )
 
-    def _answer(self, request: pb.NodeSearchRequest) -> pb.NodeSearchResponse:
+    def _answer(self, request: node_pb.NodeSearchRequest) -> node_pb.NodeSearchResponse:
         pool = self.candidates
         if request.exact and self.exact_candidates is not None:
             pool = self.exact_candidates
         rows = [(s, v) for s, v in pool if v >= request.min_score][: request.k]
-        return pb.NodeSearchResponse(
+        return node_pb.NodeSearchResponse(
             candidates=[pb.Candidate(subject_id=s, score=v, shard=self.name) for s, v in rows]
         )
 
-    async def Search(self, request: pb.NodeSearchRequest, context: Any) -> pb.NodeSearchResponse:
+    async def Search(
+        self, request: node_pb.NodeSearchRequest, context: Any
+    ) -> node_pb.NodeSearchResponse:
         self.calls.append(("Search", request))
         await asyncio.sleep(self.delay)
         return self._answer(request)
 
     async def SearchBatch(
-        self, request: pb.NodeSearchBatchRequest, context: Any
-    ) -> pb.NodeSearchBatchResponse:
+        self, request: node_pb.NodeSearchBatchRequest, context: Any
+    ) -> node_pb.NodeSearchBatchResponse:
         self.batches.append(len(request.searches))
         self.calls.extend(("Search", search) for search in request.searches)
         await asyncio.sleep(self.delay)
@@ -161,18 +166,18 @@ class FakeNode(pb_grpc.MatcherNodeServicer):
         for search in request.searches:
             if search.k in self.fail_k:
                 code, message = self.fail_k[search.k]
-                results.append(pb.NodeSearchBatchResult(code=code.value[0], message=message))
+                results.append(node_pb.NodeSearchBatchResult(code=code.value[0], message=message))
             else:
-                results.append(pb.NodeSearchBatchResult(response=self._answer(search)))
-        return pb.NodeSearchBatchResponse(results=results)
+                results.append(node_pb.NodeSearchBatchResult(response=self._answer(search)))
+        return node_pb.NodeSearchBatchResponse(results=results)
 
     async def GetSubject(self, request: pb.GetSubjectRequest, context: Any) -> pb.Subject:
         self.calls.append(("GetSubject", request))
         await self._maybe_fail(request.subject_id, context)
         return pb.Subject(subject_id=request.subject_id, template_count=2, created_at=1.0)
 
-    async def Stats(self, request: pb.StatsRequest, context: Any) -> pb.NodeStats:
-        return pb.NodeStats(name=self.name, serving=True, subjects=5, templates=7, dim=DIM)
+    async def Stats(self, request: ops_pb.StatsRequest, context: Any) -> ops_pb.NodeStats:
+        return ops_pb.NodeStats(name=self.name, serving=True, subjects=5, templates=7, dim=DIM)
 
 
 class Cluster:
@@ -223,7 +228,7 @@ def make_cluster(lt: LoopThread) -> Iterator[Callable[..., Cluster]]:
 
             async def start(fake: FakeNode = fake) -> int:
                 server = grpc.aio.server()
-                pb_grpc.add_MatcherNodeServicer_to_server(fake, server)
+                node_grpc.add_MatcherNodeServicer_to_server(fake, server)
                 port = server.add_insecure_port("127.0.0.1:0")
                 await server.start()
                 servers.append(server)

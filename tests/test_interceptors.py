@@ -34,6 +34,8 @@ from gateway.metrics import GatewayMetrics, start_metrics_server
 from gateway.overload import AdaptiveLimiter, OverloadSettings
 from gateway.quota import QuotaBook
 from gateway.tenants import Tenant, TenantRegistry, hash_key
+from tunggal.ops.v1 import ops_pb2 as ops_pb
+from tunggal.ops.v1 import ops_pb2_grpc as ops_grpc
 from tunggal.v1 import tunggal_pb2 as pb
 from tunggal.v1 import tunggal_pb2_grpc as pbg
 
@@ -123,11 +125,29 @@ class FakeMatcher(pbg.MatcherServicer):
         self.ran.append(("GetSubject", request.subject_id))
         return pb.Subject(subject_id=request.subject_id, template_count=1)
 
+
+class FakeOperations(ops_grpc.OperationsServicer):
+    """Records the Operations calls that got past the interceptors into `ran`."""
+
+    def __init__(self, ran: list[tuple[str, str]]) -> None:
+        self.ran = ran
+
     async def Stats(
-        self, request: pb.StatsRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> pb.StatsResponse:
+        self, request: ops_pb.StatsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> ops_pb.StatsResponse:
         self.ran.append(("Stats", ""))
-        return pb.StatsResponse()
+        return ops_pb.StatsResponse()
+
+
+@dataclass
+class _Stubs:
+    """Both services' stubs behind one attribute lookup (Stats is Operations')."""
+
+    matcher: Any
+    operations: Any
+
+    def __getattr__(self, method: str) -> Any:
+        return getattr(self.operations if method == "Stats" else self.matcher, method)
 
 
 @dataclass
@@ -140,7 +160,7 @@ class Gateway:
 
     @property
     def stub(self) -> Any:
-        return pbg.MatcherStub(self.channel)
+        return _Stubs(pbg.MatcherStub(self.channel), ops_grpc.OperationsStub(self.channel))
 
     def metric(self, name: str, **labels: str) -> float:
         return self.prom.get_sample_value(name, labels) or 0.0
@@ -183,6 +203,7 @@ async def gateway(path: Path, limiter: AdaptiveLimiter | None = None) -> AsyncIt
         )
     )
     pbg.add_MatcherServicer_to_server(servicer, server)
+    ops_grpc.add_OperationsServicer_to_server(FakeOperations(servicer.ran), server)
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -259,7 +280,7 @@ def test_tenant_cannot_call_a_method_it_lacks(tmp_path: Path) -> None:
         denied = await call(gw, "Identify", pb.IdentifyRequest(k=5), key)
         assert denied.code == grpc.StatusCode.PERMISSION_DENIED
         assert denied.details == "tenant bank-x may not call Identify"
-        stats = await call(gw, "Stats", pb.StatsRequest(), key)
+        stats = await call(gw, "Stats", ops_pb.StatsRequest(), key)
         assert stats.code == grpc.StatusCode.PERMISSION_DENIED
         ok = await call(gw, "Verify", verify("s-9"), key)
         assert ok.code == grpc.StatusCode.OK and ok.response.subject_id == "s-9"

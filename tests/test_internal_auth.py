@@ -18,19 +18,21 @@ from tunggal.internal_auth import (
     InternalAuthServerInterceptor,
     internal_secret,
 )
-from tunggal.v1 import tunggal_pb2 as pb
-from tunggal.v1 import tunggal_pb2_grpc as pbg
+from tunggal.node.v1 import node_pb2_grpc as node_grpc
+from tunggal.ops.v1 import ops_pb2 as ops_pb
 
 SECRET = "node-secret-0123456789abcdef"
 
 
-class FakeNode(pbg.MatcherNodeServicer):
+class FakeNode(node_grpc.MatcherNodeServicer):
     def __init__(self) -> None:
         self.calls = 0
 
-    def Stats(self, request: pb.StatsRequest, context: grpc.ServicerContext) -> pb.NodeStats:
+    def Stats(
+        self, request: ops_pb.StatsRequest, context: grpc.ServicerContext
+    ) -> ops_pb.NodeStats:
         self.calls += 1
-        return pb.NodeStats(name="node-0")
+        return ops_pb.NodeStats(name="node-0")
 
 
 @pytest.fixture
@@ -40,7 +42,7 @@ def node() -> Iterator[tuple[int, FakeNode]]:
         futures.ThreadPoolExecutor(max_workers=4),
         interceptors=[InternalAuthServerInterceptor(SECRET)],
     )
-    pbg.add_MatcherNodeServicer_to_server(servicer, server)
+    node_grpc.add_MatcherNodeServicer_to_server(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
@@ -53,8 +55,8 @@ async def stats_code(port: int, *interceptors: Any, metadata: Any = ()) -> grpc.
         f"127.0.0.1:{port}", interceptors=list(interceptors) or None
     ) as channel:
         try:
-            await pbg.MatcherNodeStub(channel).Stats(
-                pb.StatsRequest(), timeout=5, metadata=metadata
+            await node_grpc.MatcherNodeStub(channel).Stats(
+                ops_pb.StatsRequest(), timeout=5, metadata=metadata
             )
         except grpc.aio.AioRpcError as exc:
             return exc.code()

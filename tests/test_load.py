@@ -1,4 +1,4 @@
-"""tunggal.load: flag parsing, bounds, open-loop timing, per-tenant summaries, the CLI."""
+"""tunggal_tools.load: flag parsing, bounds, open-loop timing, per-tenant summaries, the CLI."""
 
 from __future__ import annotations
 
@@ -12,8 +12,10 @@ import grpc
 import grpc.aio
 import pytest
 
-from tunggal import cli
-from tunggal.load import (
+from tunggal.v1 import tunggal_pb2 as pb
+from tunggal.v1 import tunggal_pb2_grpc as pbg
+from tunggal_tools import cli
+from tunggal_tools.load import (
     LoadConfig,
     LoadError,
     TenantLoad,
@@ -22,8 +24,6 @@ from tunggal.load import (
     parse_tenant,
     run_load,
 )
-from tunggal.v1 import tunggal_pb2 as pb
-from tunggal.v1 import tunggal_pb2_grpc as pbg
 
 Context = grpc.aio.ServicerContext[Any, Any]
 

@@ -12,10 +12,12 @@ import pytest
 
 from matcher.memtrim import release_free_memory
 from tests.conftest import NodeProcess
+from tunggal.node.v1 import node_pb2 as node_pb
+from tunggal.node.v1 import node_pb2_grpc as node_grpc
+from tunggal.ops.v1 import ops_pb2 as ops_pb
 from tunggal.synthetic import FaceModel, subject_id
 from tunggal.templates import encode_template
 from tunggal.v1 import tunggal_pb2 as pb
-from tunggal.v1 import tunggal_pb2_grpc as pb_grpc
 
 MODEL = FaceModel(dim=128)
 APPEND = pb.ENROLL_MODE_APPEND
@@ -34,7 +36,7 @@ def enroll_req(
     )
 
 
-def enroll_range(stub: pb_grpc.MatcherNodeStub, start: int, stop: int) -> None:
+def enroll_range(stub: node_grpc.MatcherNodeStub, start: int, stop: int) -> None:
     for lo in range(start, stop, 1000):
         items = [enroll_req(i) for i in range(lo, min(stop, lo + 1000))]
         reply = stub.EnrollBatch(pb.EnrollBatchRequest(items=items))
@@ -42,14 +44,14 @@ def enroll_range(stub: pb_grpc.MatcherNodeStub, start: int, stop: int) -> None:
 
 
 def search(
-    stub: pb_grpc.MatcherNodeStub, vec: np.ndarray, k: int = 5, exact: bool = False
-) -> pb.NodeSearchResponse:
+    stub: node_grpc.MatcherNodeStub, vec: np.ndarray, k: int = 5, exact: bool = False
+) -> node_pb.NodeSearchResponse:
     return stub.Search(
-        pb.NodeSearchRequest(probe=encode_template(vec), k=k, min_score=-1.0, exact=exact)
+        node_pb.NodeSearchRequest(probe=encode_template(vec), k=k, min_score=-1.0, exact=exact)
     )
 
 
-def answers(stub: pb_grpc.MatcherNodeStub, probes: np.ndarray) -> list[list[str]]:
+def answers(stub: node_grpc.MatcherNodeStub, probes: np.ndarray) -> list[list[str]]:
     """Exact top-5 per probe (HNSW answers depend on ef, which background
     calibration may change between two calls)."""
     out = []
@@ -59,11 +61,11 @@ def answers(stub: pb_grpc.MatcherNodeStub, probes: np.ndarray) -> list[list[str]
     return out
 
 
-def stats(stub: pb_grpc.MatcherNodeStub) -> pb.NodeStats:
-    return stub.Stats(pb.StatsRequest())
+def stats(stub: node_grpc.MatcherNodeStub) -> ops_pb.NodeStats:
+    return stub.Stats(ops_pb.StatsRequest())
 
 
-def test_enroll_search_verify_delete(node_stub: pb_grpc.MatcherNodeStub) -> None:
+def test_enroll_search_verify_delete(node_stub: node_grpc.MatcherNodeStub) -> None:
     enroll_range(node_stub, 0, 3000)
     probes = MODEL.samples(range(200), 1)
     for i in range(200):
@@ -98,7 +100,7 @@ def test_enroll_search_verify_delete(node_stub: pb_grpc.MatcherNodeStub) -> None
     assert stats(node_stub).templates == 2999
 
 
-def test_append_replace_and_idempotent_retry(node_stub: pb_grpc.MatcherNodeStub) -> None:
+def test_append_replace_and_idempotent_retry(node_stub: node_grpc.MatcherNodeStub) -> None:
     first = node_stub.Enroll(enroll_req(1, APPEND, "req-1"))
     again = node_stub.Enroll(enroll_req(1, APPEND, "req-1"))
     assert (first.template_count, first.replayed) == (1, False)
@@ -115,13 +117,13 @@ def test_append_replace_and_idempotent_retry(node_stub: pb_grpc.MatcherNodeStub)
     assert stats(node_stub).templates == 1
 
 
-def _bad(stub: pb_grpc.MatcherNodeStub, call: str, request: object) -> grpc.RpcError:
+def _bad(stub: node_grpc.MatcherNodeStub, call: str, request: object) -> grpc.RpcError:
     with pytest.raises(grpc.RpcError) as err:
         getattr(stub, call)(request)
     return err.value
 
 
-def test_bad_input_is_rejected_and_changes_nothing(node_stub: pb_grpc.MatcherNodeStub) -> None:
+def test_bad_input_is_rejected_and_changes_nothing(node_stub: node_grpc.MatcherNodeStub) -> None:
     enroll_range(node_stub, 0, 10)
     before = stats(node_stub)
     good = encode_template(MODEL.samples([0], 1)[0])
@@ -139,7 +141,7 @@ def test_bad_input_is_rejected_and_changes_nothing(node_stub: pb_grpc.MatcherNod
     for word, template in cases.items():
         for call, request in [
             ("Enroll", pb.EnrollRequest(subject_id="x1", templates=[template], mode=APPEND)),
-            ("Search", pb.NodeSearchRequest(probe=template, k=5, min_score=-1)),
+            ("Search", node_pb.NodeSearchRequest(probe=template, k=5, min_score=-1)),
             (
                 "Verify",
                 pb.VerifyRequest(subject_id=subject_id(0), probe=pb.Probe(template=template)),
@@ -159,7 +161,7 @@ def test_bad_input_is_rejected_and_changes_nothing(node_stub: pb_grpc.MatcherNod
         err = _bad(node_stub, "Enroll", request)
         assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and word in (err.details() or "")
     for k in (0, 101):
-        err = _bad(node_stub, "Search", pb.NodeSearchRequest(probe=good, k=k, min_score=-1))
+        err = _bad(node_stub, "Search", node_pb.NodeSearchRequest(probe=good, k=k, min_score=-1))
         assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "k is" in (err.details() or "")
     err = _bad(node_stub, "Verify", pb.VerifyRequest(subject_id=subject_id(0), probe=pb.Probe()))
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "probe" in (err.details() or "")
@@ -191,11 +193,11 @@ def test_bad_input_is_rejected_and_changes_nothing(node_stub: pb_grpc.MatcherNod
     assert search(node_stub, MODEL.samples([0], 1)[0]).candidates[0].subject_id == subject_id(0)
 
 
-def test_search_batch_answers_like_single_searches(node_stub: pb_grpc.MatcherNodeStub) -> None:
+def test_search_batch_answers_like_single_searches(node_stub: node_grpc.MatcherNodeStub) -> None:
     enroll_range(node_stub, 0, 3000)
     probes = MODEL.samples(range(40), 1)
     searches = [
-        pb.NodeSearchRequest(
+        node_pb.NodeSearchRequest(
             probe=encode_template(p),
             k=1 + i % 7,
             min_score=-1.0 if i % 3 else 0.2,
@@ -203,7 +205,7 @@ def test_search_batch_answers_like_single_searches(node_stub: pb_grpc.MatcherNod
         )
         for i, p in enumerate(probes)
     ]
-    reply = node_stub.SearchBatch(pb.NodeSearchBatchRequest(searches=searches))
+    reply = node_stub.SearchBatch(node_pb.NodeSearchBatchRequest(searches=searches))
     assert len(reply.results) == len(searches)
     for i, (search_request, result) in enumerate(zip(searches, reply.results, strict=True)):
         assert result.code == 0, result.message
@@ -213,7 +215,7 @@ def test_search_batch_answers_like_single_searches(node_stub: pb_grpc.MatcherNod
         assert len(got.candidates) <= search_request.k
         assert all(c.score >= search_request.min_score for c in got.candidates)
         exact = node_stub.Search(
-            pb.NodeSearchRequest(
+            node_pb.NodeSearchRequest(
                 probe=search_request.probe,
                 k=search_request.k,
                 min_score=search_request.min_score,
@@ -229,25 +231,25 @@ def test_search_batch_answers_like_single_searches(node_stub: pb_grpc.MatcherNod
                 assert c.score == pytest.approx(exact_scores[c.subject_id], abs=1e-5)
 
 
-def test_search_batch_bad_input(node_stub: pb_grpc.MatcherNodeStub) -> None:
+def test_search_batch_bad_input(node_stub: node_grpc.MatcherNodeStub) -> None:
     enroll_range(node_stub, 0, 50)
     good = encode_template(MODEL.samples([3], 1)[0])
     nan = np.ones(128, dtype=np.float32)
     nan[1] = np.nan
-    err = _bad(node_stub, "SearchBatch", pb.NodeSearchBatchRequest())
+    err = _bad(node_stub, "SearchBatch", node_pb.NodeSearchBatchRequest())
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "searches is empty" in (err.details() or "")
-    many = [pb.NodeSearchRequest(probe=good, k=1, min_score=-1)] * 257
-    err = _bad(node_stub, "SearchBatch", pb.NodeSearchBatchRequest(searches=many))
+    many = [node_pb.NodeSearchRequest(probe=good, k=1, min_score=-1)] * 257
+    err = _bad(node_stub, "SearchBatch", node_pb.NodeSearchBatchRequest(searches=many))
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "at most 256" in (err.details() or "")
     reply = node_stub.SearchBatch(
-        pb.NodeSearchBatchRequest(
+        node_pb.NodeSearchBatchRequest(
             searches=[
-                pb.NodeSearchRequest(probe=good, k=3, min_score=-1),
-                pb.NodeSearchRequest(probe=encode_template(nan), k=3, min_score=-1),
-                pb.NodeSearchRequest(probe=good, k=0, min_score=-1),
-                pb.NodeSearchRequest(probe=good, k=3, min_score=float("nan")),
+                node_pb.NodeSearchRequest(probe=good, k=3, min_score=-1),
+                node_pb.NodeSearchRequest(probe=encode_template(nan), k=3, min_score=-1),
+                node_pb.NodeSearchRequest(probe=good, k=0, min_score=-1),
+                node_pb.NodeSearchRequest(probe=good, k=3, min_score=float("nan")),
             ]
         )
     )
@@ -265,14 +267,14 @@ def test_restart_keeps_everything(tmp_path: Path) -> None:
     probes = MODEL.samples(range(100), 1)
     try:
         with grpc.insecure_channel(node.address) as ch:
-            stub = pb_grpc.MatcherNodeStub(ch)
+            stub = node_grpc.MatcherNodeStub(ch)
             enroll_range(stub, 0, 2000)
             stub.Delete(pb.DeleteRequest(subject_id=subject_id(7)))
             before = answers(stub, probes)
         assert node.stop() == 0  # graceful: drains and snapshots
         node.start()
         with grpc.insecure_channel(node.address) as ch:
-            stub = pb_grpc.MatcherNodeStub(ch)
+            stub = node_grpc.MatcherNodeStub(ch)
             after = answers(stub, probes)
             s = stats(stub)
         assert after == before
@@ -290,7 +292,7 @@ def test_kill_9_during_enrolls_loses_no_acknowledged_template(tmp_path: Path) ->
 
     def writer(offset: int) -> None:
         with grpc.insecure_channel(node.address) as ch:
-            stub = pb_grpc.MatcherNodeStub(ch)
+            stub = node_grpc.MatcherNodeStub(ch)
             i = offset
             while not stop.is_set():
                 with lock:
@@ -315,7 +317,7 @@ def test_kill_9_during_enrolls_loses_no_acknowledged_template(tmp_path: Path) ->
     node.start()
     try:
         with grpc.insecure_channel(node.address) as ch:
-            stub = pb_grpc.MatcherNodeStub(ch)
+            stub = node_grpc.MatcherNodeStub(ch)
             stored = stats(stub).templates
             in_flight = set(sent) - set(acked)
             assert len(acked) <= stored <= len(acked) + len(in_flight)
@@ -338,9 +340,9 @@ def test_torn_wal_tail_and_corrupt_snapshot_are_survived(tmp_path: Path) -> None
     probes = MODEL.samples(range(50), 1)
     try:
         with grpc.insecure_channel(node.address) as ch:
-            stub = pb_grpc.MatcherNodeStub(ch)
+            stub = node_grpc.MatcherNodeStub(ch)
             enroll_range(stub, 0, 500)
-            stub.Snapshot(pb.SnapshotRequest())
+            stub.Snapshot(node_pb.SnapshotRequest())
             enroll_range(stub, 500, 800)
             before = answers(stub, probes)
         node.kill()
@@ -355,7 +357,7 @@ def test_torn_wal_tail_and_corrupt_snapshot_are_survived(tmp_path: Path) -> None
             fh.write(b"\xff" * 64)
         node.start()
         with grpc.insecure_channel(node.address) as ch:
-            stub = pb_grpc.MatcherNodeStub(ch)
+            stub = node_grpc.MatcherNodeStub(ch)
             after = answers(stub, probes)
             assert stats(stub).templates == 800
         assert after == before
@@ -372,7 +374,7 @@ def test_metrics_endpoint_reports_gallery_and_calls(tmp_path: Path) -> None:
     node = NodeProcess(tmp_path / "n", extra=["--metrics-port", str(port)]).start()
     try:
         with grpc.insecure_channel(node.address) as ch:
-            stub = pb_grpc.MatcherNodeStub(ch)
+            stub = node_grpc.MatcherNodeStub(ch)
             enroll_range(stub, 0, 50)
             search(stub, MODEL.samples([1], 1)[0])
             with pytest.raises(grpc.RpcError):

@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 
 from gateway.tenants import (
-    DEMO_KEYS,
     Priority,
     TenantRegistry,
     TenantsFileError,
@@ -24,6 +23,7 @@ from gateway.tenants import (
     main,
     parse_tenants,
 )
+from tunggal_tools.demo import DEMO_KEYS
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_FILE = REPO / "deploy" / "tenants.demo.toml"

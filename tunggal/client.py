@@ -20,6 +20,8 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 
+from tunggal.ops.v1 import ops_pb2 as ops_pb
+from tunggal.ops.v1 import ops_pb2_grpc as ops_grpc
 from tunggal.settings import MiB, grpc_message_options
 from tunggal.templates import encode_template
 from tunggal.v1 import tunggal_pb2 as pb
@@ -184,6 +186,7 @@ class TunggalClient:
             address, options=grpc_message_options(max_message_bytes)
         )
         self._stub = pb_grpc.MatcherStub(self._channel)
+        self._ops = ops_grpc.OperationsStub(self._channel)
 
     def __enter__(self) -> TunggalClient:
         return self
@@ -344,8 +347,8 @@ class TunggalClient:
 
     def stats(self, *, timeout: float | None = None) -> list[NodeInfo]:
         """One row per matcher node; a down node's row has `error` set."""
-        response = self._stub.Stats(
-            pb.StatsRequest(), timeout=self._t(timeout), metadata=self.metadata
+        response = self._ops.Stats(
+            ops_pb.StatsRequest(), timeout=self._t(timeout), metadata=self.metadata
         )
         return [
             NodeInfo(

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MiB = 1024 * 1024
@@ -54,6 +54,17 @@ class MatchingSettings(BaseSettings):
         description="Largest gRPC message sent or received.",
     )
     log_level: str = _shared("log_level", "info", description="debug, info, warning or error.")
+    internal_secret: SecretStr | None = _shared(
+        "internal_secret",
+        None,
+        description="Shared gateway-to-node secret (metadata x-tunggal-internal); the same "
+        "value on the gateway and every node. SecretStr: never printed in a repr or a log.",
+    )
+
+    @field_validator("internal_secret")
+    @classmethod
+    def _blank_is_unset(cls, value: SecretStr | None) -> SecretStr | None:
+        return value if value is not None and value.get_secret_value().strip() else None
 
 
 class NodeSettings(MatchingSettings):
@@ -139,6 +150,12 @@ class NodeSettings(MatchingSettings):
     grace_s: float = Field(10.0, ge=0, description="Drain time on SIGTERM before stopping.")
     metrics_port: int = Field(0, ge=0, le=65535, description="Port of /metrics; 0 = off.")
     metrics_host: str = Field("127.0.0.1", description="Address /metrics listens on.")
+    allow_unprotected_network: bool = Field(
+        False,
+        description="Serve without TUNGGAL_INTERNAL_SECRET on a non-loopback host (any caller "
+        "could enroll, delete and search). Off: such a node refuses to start "
+        "(tunggal/exposure.py). Never in production.",
+    )
 
     @field_validator("data_dir")
     @classmethod
@@ -191,6 +208,11 @@ class GatewaySettings(MatchingSettings):
         "served 1.18x the Identify/s of 2 at 0.83x the CPU per call (docs/BENCHMARKS.md, "
         "bench.cpu_breakdown). 2 lets a node take the next batch before it has answered "
         "the last (not measured on nodes with more cores).",
+    )
+    allow_unprotected_network: bool = Field(
+        False,
+        description="Serve with authentication off (no tenants file) on a non-loopback host. "
+        "Off: such a gateway refuses to start (tunggal/exposure.py). Never in production.",
     )
 
 

@@ -21,18 +21,18 @@ from typing import Any
 
 import grpc
 
-from gateway.tenants import DEMO_KEYS, Tenant, load_tenants
+from gateway.tenants import Tenant, load_tenants
 from gateway.tenants import main as tenants_main
 from shard.shardmap import ShardMap, parse_nodes
-from tunggal import load
 from tunggal.client import TunggalClient, bearer
-from tunggal.demo import DEMO_ROLES, DemoClients, seed, show, with_pushback
 from tunggal.internal_auth import METADATA_KEY, SECRET_ENV, internal_secret
-from tunggal.localcluster import LocalCluster
+from tunggal.node.v1 import node_pb2 as node_pb
+from tunggal.node.v1 import node_pb2_grpc as node_grpc
 from tunggal.settings import GatewaySettings
 from tunggal.signals import wait_for
-from tunggal.v1 import tunggal_pb2 as pb
-from tunggal.v1 import tunggal_pb2_grpc as pb_grpc
+from tunggal_tools import load
+from tunggal_tools.demo import DEMO_KEYS, DEMO_ROLES, DemoClients, seed, show, with_pushback
+from tunggal_tools.localcluster import LocalCluster
 
 
 def describe_quotas(tenant: Tenant) -> str:
@@ -95,9 +95,9 @@ def cmd_local(args: argparse.Namespace) -> int:
                 print(f"  reusing the stored gallery: {total:,} templates")
             show(demo.bank, demo.agency, args.subjects)
             print("\nServing:")
-            print(f"  gateway  {cluster.address}  (tunggal.v1.Matcher, health, reflection)")
+            print(f"  gateway  {cluster.address}  (tunggal.v1.Matcher, tunggal.ops.v1.Operations)")
             for spec in cluster.node_specs:
-                print(f"  {spec.name:<8} {spec.address}  (tunggal.v1.MatcherNode, gateway only)")
+                print(f"  {spec.name:<8} {spec.address}  (tunggal.node.v1.MatcherNode)")
             if cluster.metrics_url:
                 print(f"  metrics  {cluster.metrics_url}")
             print_tenants(cluster)
@@ -105,7 +105,7 @@ def cmd_local(args: argparse.Namespace) -> int:
             print(f"\n  try: grpcurl -plaintext {cluster.address} list")
             print(
                 f"       grpcurl -plaintext -H 'authorization: Bearer {key}' "
-                f"{cluster.address} tunggal.v1.Matcher/Stats"
+                f"{cluster.address} tunggal.ops.v1.Operations/Stats"
             )
             print(
                 f"       tunggal load --address {cluster.address} --method Identify "
@@ -154,8 +154,8 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     metadata: tuple[tuple[str, str | bytes], ...] = ((METADATA_KEY, secret),) if secret else ()
     with grpc.insecure_channel(args.node) as channel:
         try:
-            reply = pb_grpc.MatcherNodeStub(channel).Snapshot(
-                pb.SnapshotRequest(), timeout=600, metadata=metadata
+            reply = node_grpc.MatcherNodeStub(channel).Snapshot(
+                node_pb.SnapshotRequest(), timeout=600, metadata=metadata
             )
         except grpc.RpcError as err:
             code: Any = err.code()
@@ -188,7 +188,7 @@ def cmd_load(args: argparse.Namespace) -> int:
 
 def cmd_accuracy(args: argparse.Namespace) -> int:
     """1:N accuracy report: HNSW vs exact search, FNIR at target FPIRs, DET curve."""
-    from tunggal import accuracy  # numpy-heavy and matplotlib: only when asked
+    from tunggal_tools import accuracy  # numpy-heavy and matplotlib: only when asked
 
     return accuracy.main(args)
 
@@ -241,9 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
         "accuracy",
         help="1:N accuracy report: rank-1, FNIR at FPIR 1e-2/1e-3/1e-4, DET curve PNG",
         description="1:N accuracy of an in-process gallery, HNSW at the calibrated ef vs "
-        "exact search (rank-1, FNIR at target FPIRs, DET curve). See tunggal/accuracy.py.",
+        "exact search (rank-1, FNIR at target FPIRs, DET curve). See tunggal_tools/accuracy.py.",
     )
-    from tunggal.accuracy import add_arguments as accuracy_arguments
+    from tunggal_tools.accuracy import add_arguments as accuracy_arguments
 
     accuracy_arguments(acc)
     acc.set_defaults(func=cmd_accuracy)

@@ -45,13 +45,12 @@ import grpc.aio
 import numpy as np
 import numpy.typing as npt
 
-from gateway.tenants import DEMO_KEYS
-from tunggal.demo import DEMO_MODEL
 from tunggal.settings import MiB, grpc_message_options
 from tunggal.synthetic import FaceModel, subject_id
 from tunggal.templates import encode_template
 from tunggal.v1 import tunggal_pb2 as pb
 from tunggal.v1 import tunggal_pb2_grpc as pb_grpc
+from tunggal_tools.demo import DEMO_KEYS, DEMO_MODEL
 
 LOAD_METHODS: Final = ("Identify", "Verify", "Enroll")
 MAX_TOTAL: Final = 10_000_000

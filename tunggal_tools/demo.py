@@ -18,9 +18,16 @@ from typing import Any, TypeVar
 import grpc
 import numpy as np
 
-from gateway.tenants import DEMO_KEYS
 from tunggal.client import TunggalClient, bearer
 from tunggal.synthetic import FaceModel, subject_id
+
+DEMO_KEYS: Mapping[str, str] = {
+    "bank-x": "demo-key-bank-x",
+    "agency": "demo-key-agency",
+    "registry": "demo-key-registry",
+    "ops": "demo-key-ops",
+}
+"""API keys of deploy/tenants.demo.toml, by tenant id. Public: demo use only."""
 
 DEMO_MODEL = FaceModel(dim=128, structure=0.7, rank=64, genuine=0.68, seed=7)
 _BATCH = 1000

@@ -28,9 +28,9 @@ import numpy.typing as npt
 
 from matcher.accuracy import Accuracy, evaluate
 from matcher.gallery import EnrollItem, Gallery
-from tunggal.accuracy import Report
 from tunggal.settings import NodeSettings
 from tunggal.synthetic import FaceModel
+from tunggal_tools.accuracy import Report
 
 FloatMatrix = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]

@@ -11,7 +11,7 @@ the calibrated ef (as a node serves Identify, including the escalation to
 exact search in the ambiguity band) and through exact search. From the top-1
 result of each search it reports the rank-1 hit rate and FNIR at FPIR 1e-2,
 1e-3 and 1e-4 (see matcher.accuracy), prints a table and draws both DET
-curves (tunggal.detplot). The work itself is in tunggal.accuracy_run, imported
+curves (tunggal_tools.detplot). The work itself is in tunggal_tools.accuracy_run, imported
 only when the command runs.
 """
 
@@ -186,8 +186,8 @@ def main(args: argparse.Namespace) -> int:
     if any(files) and not all(files):
         print("--gallery-npy, --probes-npy and --probe-truth-npy go together", file=sys.stderr)
         return 2
-    from tunggal import accuracy_run  # the gallery, hnswlib, onnxruntime: only when run
-    from tunggal.detplot import plot_det  # matplotlib: only when run
+    from tunggal_tools import accuracy_run  # the gallery, hnswlib, onnxruntime: only when run
+    from tunggal_tools.detplot import plot_det  # matplotlib: only when run
 
     if all(files):
         data = accuracy_run.from_npy(args.gallery_npy, args.probes_npy, args.probe_truth_npy)
