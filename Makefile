@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 PROTO   := protos/tunggal/v1/tunggal.proto protos/tunggal/ops/v1/ops.proto protos/tunggal/node/v1/node.proto
 
-.PHONY: run test proto bench lint typecheck clean accuracy
+.PHONY: run test test-fast proto bench lint typecheck clean accuracy
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -17,11 +17,18 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/tunggal local
 
-## test: lint, type-check and run the whole test suite
+## test: lint, type-check and run the whole test suite (the CI gate, .ci/run)
 test: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/pytest -q
+
+## test-fast: the daily lane: lint and every test not marked slow (under 2 minutes)
+test-fast: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/pytest -q -m "not slow"
 
 ## proto: regenerate the Python stubs from protos/
 proto: $(STAMP)
@@ -39,9 +46,10 @@ bench: $(STAMP)
 accuracy: $(STAMP)
 	$(BIN)/tunggal accuracy --out docs/accuracy-det.png
 
-## lint: ruff and mypy
+## lint: ruff (rules and format) and mypy
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
 clean:

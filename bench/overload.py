@@ -20,8 +20,8 @@ Not part of CI (it takes a few minutes and wants the machine to itself). It:
 
 Targets: in-quota tenants keep >= 99.9 % success and p99 <= 2x unloaded;
 total goodput >= 90 % of C; RSS flat; a rejected call costs the gateway
-< 5 % of a served one. Results are printed and appended to
-docs/BENCHMARKS.md with the machine. Load generator, gateway and nodes share
+< 5 % of a served one. Results are printed and appended to the day's run
+file under docs/benchmarks/ with the machine. Load generator, gateway and nodes share
 the machine's cores: on a small machine the generator's own CPU is part of
 what limits the figures.
 """
@@ -43,9 +43,9 @@ from typing import Any
 import grpc
 
 from bench.report import append, cpu_seconds, log, machine, now, rss_bytes
-from gateway.overload import OverloadSettings
 from gateway.tenants import Tenant, dump_tenants, hash_key
 from tunggal.client import TunggalClient, bearer
+from tunggal.settings import GatewaySettings
 from tunggal_tools.demo import DEMO_MODEL, seed
 from tunggal_tools.load import LoadConfig, LoadReport, TenantLoad, build_requests, generate
 from tunggal_tools.localcluster import LocalCluster
@@ -309,7 +309,7 @@ def fmt_mib(n: float) -> str:
 
 def render(args: argparse.Namespace, res: dict[str, Any]) -> str:
     max_streams = (
-        OverloadSettings().overload_max_streams_per_connection
+        GatewaySettings().overload_max_streams_per_connection
         if args.max_streams is None
         else args.max_streams
     )
@@ -452,9 +452,9 @@ def main(argv: list[str] | None = None) -> None:
         "--max-streams",
         type=int,
         help="gateway's TUNGGAL_GATEWAY_OVERLOAD_MAX_STREAMS_PER_CONNECTION "
-        f"(default {OverloadSettings().overload_max_streams_per_connection}; 0: no limit)",
+        f"(default {GatewaySettings().overload_max_streams_per_connection}; 0: no limit)",
     )
-    p.add_argument("--no-write", action="store_true", help="do not append to docs/BENCHMARKS.md")
+    p.add_argument("--no-write", action="store_true", help="do not append to docs/benchmarks/")
     args = p.parse_args(argv)
 
     keys = Keys()

@@ -1,33 +1,27 @@
-"""Prometheus metrics of the gateway's public calls, per tenant and method.
+"""Prometheus metrics of the gateway: its public calls, per tenant and method,
+its overload limiter, and the Identify escalations it decides.
 
 Labels are bounded: ``tenant`` is a configured tenant id or ``-``
 (unauthenticated), ``method`` a Matcher method short name or ``other``.
-`start_metrics_server` serves ``/metrics`` over HTTP on its own thread.
+`start_metrics_server` serves ``/metrics`` over HTTP on its own thread
+(``TUNGGAL_GATEWAY_METRICS_HOST``/``_PORT``, `tunggal.settings.GatewaySettings`).
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from typing import Protocol
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client import start_http_server as _start_http_server
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.metrics_core import Metric
 
 LATENCY_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 )  # fmt: skip
-
-
-class MetricsSettings(BaseSettings):
-    """Where /metrics is served (env prefix ``TUNGGAL_GATEWAY_``)."""
-
-    model_config = SettingsConfigDict(env_prefix="TUNGGAL_GATEWAY_", extra="ignore")
-
-    metrics_host: str = "127.0.0.1"
-    metrics_port: int = Field(9464, ge=0, le=65535, description="0 disables /metrics.")
 
 
 class LimiterView(Protocol):
@@ -43,10 +37,41 @@ class LimiterView(Protocol):
     def queued(self) -> int: ...
 
 
+class IdentifyCountsView(Protocol):
+    """What the escalation counters read (gateway.fanout.IdentifyCounts has it)."""
+
+    @property
+    def calls(self) -> int: ...
+
+    @property
+    def escalations(self) -> int: ...
+
+
+class _IdentifyCollector:
+    """Reports an `IdentifyCountsView` as two counters at scrape time."""
+
+    def __init__(self, counts: IdentifyCountsView) -> None:
+        self._counts = counts
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(
+            "tunggal_gateway_identify_calls",
+            "Identify calls that reached the shards.",
+            value=self._counts.calls,
+        )
+        yield CounterMetricFamily(
+            "tunggal_gateway_identify_escalations",
+            "Identify calls re-asked by exact search because the best merged HNSW score "
+            "fell in the escalation band below the verify threshold.",
+            value=self._counts.escalations,
+        )
+
+
 class GatewayMetrics:
     """The gateway's metric families, registered in `registry` (default: the global one)."""
 
     def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        self._registry = registry
         labels = ("tenant", "method")
         self.calls = Counter(
             "tunggal_gateway_calls",
@@ -100,6 +125,11 @@ class GatewayMetrics:
         self.overload_limit.set_function(lambda: float(limiter.limit))
         self.overload_in_flight.set_function(lambda: float(limiter.in_flight))
         self.overload_queued.set_function(lambda: float(limiter.queued))
+
+    def watch_identify(self, counts: IdentifyCountsView) -> None:
+        """Report `counts` as tunggal_gateway_identify_calls_total and
+        tunggal_gateway_identify_escalations_total (once per registry)."""
+        self._registry.register(_IdentifyCollector(counts))
 
 
 def start_metrics_server(

@@ -6,8 +6,9 @@ at start and shared by every call: HTTP/2 keepalive pings detect a dead node bet
 calls, and a short reconnect backoff brings a restarted node back within
 seconds. Channels must be made inside the running event loop.
 
-With a shared secret (``TUNGGAL_INTERNAL_SECRET``, `tunggal.internal_auth`)
-every call carries it, so nodes that require it accept the gateway only.
+With a shared secret (``settings.internal_secret``, env
+``TUNGGAL_INTERNAL_SECRET``, `tunggal.internal_auth`) every call carries it,
+so nodes that require it accept the gateway only.
 
 The nodes' servers must accept these pings, i.e. set
 ``grpc.keepalive_permit_without_calls=1`` and
@@ -64,17 +65,17 @@ class NodeClient:
 class NodePool:
     """The gateway's channels to every node, keyed by node name.
 
-    `internal_secret` (if set) is sent on every call as ``x-tunggal-internal``.
+    ``settings.internal_secret`` (if set) is sent on every call as ``x-tunggal-internal``.
     """
 
-    def __init__(
-        self, nodes: Iterable[Node], settings: GatewaySettings, internal_secret: str | None = None
-    ) -> None:
+    def __init__(self, nodes: Iterable[Node], settings: GatewaySettings) -> None:
         options = channel_options(settings)
-        # grpc-stubs types aio channel interceptors as a placeholder: Any.
-        interceptors: Any = (
-            [InternalAuthClientInterceptor(internal_secret)] if internal_secret else None
+        # Stripped as the nodes strip it: a Kubernetes Secret may end in a newline.
+        secret = (
+            settings.internal_secret.get_secret_value().strip() if settings.internal_secret else ""
         )
+        # grpc-stubs types aio channel interceptors as a placeholder: Any.
+        interceptors: Any = [InternalAuthClientInterceptor(secret)] if secret else None
         self._clients: dict[str, NodeClient] = {}
         for node in nodes:
             channel = grpc.aio.insecure_channel(

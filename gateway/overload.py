@@ -23,7 +23,8 @@ Shedding is deadline-aware and ordered by priority:
   or after `overload_max_queue_wait_s` is shed, so the caller hears why in time.
 
 Every `Shed` carries a pushback in ms: the estimated time until a slot frees.
-Use from one event loop.
+The knobs are the ``overload_*`` fields of `tunggal.settings.GatewaySettings`
+(``TUNGGAL_GATEWAY_OVERLOAD_*``). Use from one event loop.
 """
 
 from __future__ import annotations
@@ -37,62 +38,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
-from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
-
 from gateway.tenants import Priority
+from tunggal.settings import GatewaySettings
 
 Clock = Callable[[], float]
 
 _CLASSES: Final = 3  # Priority ranks 0..2
 _MAX_PUSHBACK_MS: Final = 30_000
-
-
-class OverloadSettings(BaseSettings):
-    """Overload protection knobs (env prefix ``TUNGGAL_GATEWAY_``)."""
-
-    model_config = SettingsConfigDict(env_prefix="TUNGGAL_GATEWAY_", extra="ignore")
-
-    overload_initial_limit: int = Field(64, ge=1, description="Concurrent calls at start.")
-    overload_min_limit: int = Field(4, ge=1, description="The limit never goes below this.")
-    overload_max_limit: int = Field(1024, ge=1, description="The limit never goes above this.")
-    overload_max_queue: int = Field(256, ge=0, description="Calls waiting for a slot, at most.")
-    overload_max_queue_wait_s: float = Field(
-        2.0, gt=0, description="Longest a call waits for a slot (its deadline may cut it)."
-    )
-    overload_batch_queue_share: float = Field(
-        0.5, gt=0, le=1, description="Batch calls queue only while the queue is under this share."
-    )
-    overload_normal_queue_share: float = Field(
-        0.9, gt=0, le=1, description="Normal calls queue only while the queue is under this."
-    )
-    overload_latency_tolerance: float = Field(
-        2.0, gt=1, description="Service time over baseline * this counts as overload."
-    )
-    overload_latency_slack_s: float = Field(
-        0.005, ge=0, description="...and only when it is also this much over the baseline."
-    )
-    overload_backoff: float = Field(
-        0.9, gt=0, lt=1, description="Multiplicative decrease of the limit on overload."
-    )
-    overload_initial_service_s: float = Field(
-        0.05, gt=0, description="Service time assumed before any call has finished."
-    )
-    overload_deadline_margin_s: float = Field(
-        0.01, ge=0, description="A queued call gives up this long before its deadline."
-    )
-    overload_max_streams_per_connection: int = Field(
-        0,
-        ge=0,
-        description="Calls one client connection may have open at the gateway at once "
-        "(HTTP/2 MAX_CONCURRENT_STREAMS; more wait in the client); 0: no limit.",
-    )
-
-    @model_validator(mode="after")
-    def _ordered(self) -> OverloadSettings:
-        if not self.overload_min_limit <= self.overload_initial_limit <= self.overload_max_limit:
-            raise ValueError("need overload_min_limit <= initial_limit <= max_limit")
-        return self
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,8 +159,10 @@ class _ClassQueue:
 class AdaptiveLimiter:
     """Admits calls up to an adaptive concurrency limit; queues or sheds the rest."""
 
-    def __init__(self, settings: OverloadSettings | None = None, *, clock: Clock = time.monotonic):
-        self._s = settings or OverloadSettings()
+    def __init__(
+        self, settings: GatewaySettings | None = None, *, clock: Clock = time.monotonic
+    ) -> None:
+        self._s = settings or GatewaySettings()
         self._clock = clock
         self._limit = float(self._s.overload_initial_limit)
         self._in_flight = 0

@@ -33,6 +33,12 @@ REQUEST_CODES = frozenset(
 )
 
 
+def code_number(code: grpc.StatusCode) -> int:
+    """The integer of a gRPC status code (what EnrollBatchItemResult.code holds)."""
+    number: int = code.value[0]
+    return number
+
+
 class ShardError(TunggalError):
     """A node's failure, carried to the caller with the node's own status code."""
 

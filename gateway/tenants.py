@@ -22,8 +22,11 @@ SHA-256 hex digests. ``python -m gateway.tenants hash-key`` hashes a key read
 from stdin; ``python -m gateway.tenants check FILE`` validates a file.
 
 `TenantRegistry` looks tenants up by key hash in O(1) and reloads the file
-when it changes (mtime poll) or on SIGHUP; a broken file is logged and the
-last good configuration stays in force. docs/tenants.md has the details.
+when it changes (mtime poll) or when `reload` is called (the gateway calls it
+on SIGHUP, `gateway.app`); a broken file is logged and the last good
+configuration stays in force. Where the file is and how often it is polled:
+``TUNGGAL_GATEWAY_TENANTS_FILE`` and ``_TENANTS_POLL_S``
+(`tunggal.settings.GatewaySettings`). docs/tenants.md has the details.
 """
 
 from __future__ import annotations
@@ -35,7 +38,6 @@ import getpass
 import hashlib
 import math
 import re
-import signal
 import sys
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -46,7 +48,6 @@ from typing import Any, Literal, cast, get_args
 
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _log = structlog.get_logger("tunggal.gateway.tenants")
 
@@ -248,22 +249,6 @@ def _file_signature(path: Path) -> tuple[int, int, int] | None:
     return (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
-class TenantsSettings(BaseSettings):
-    """Where the tenants file is (env prefix ``TUNGGAL_GATEWAY_``)."""
-
-    model_config = SettingsConfigDict(env_prefix="TUNGGAL_GATEWAY_", extra="ignore")
-
-    tenants_file: Path | None = Field(None, description="Tenants TOML file; see docs/tenants.md.")
-    tenants_poll_s: float = Field(
-        2.0, gt=0, description="How often the tenants file's mtime is checked."
-    )
-    auth: bool = Field(
-        True,
-        description="off: no API keys, tenants or quotas (local experiments only; "
-        "the gateway then needs no tenants file).",
-    )
-
-
 class TenantRegistry:
     """The tenants in force; looks them up by API key, reloads the file on change.
 
@@ -277,7 +262,6 @@ class TenantRegistry:
         self._signature = _file_signature(path) if path is not None else None
         self._generation = 1
         self._task: asyncio.Task[None] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
 
     @classmethod
     def from_file(cls, path: Path | str) -> TenantRegistry:
@@ -343,23 +327,15 @@ class TenantRegistry:
             await asyncio.sleep(interval_s)
             self.reload_if_changed()
 
-    def start(self, interval_s: float = 2.0, *, sighup: bool = True) -> None:
-        """Start the mtime watcher task and (on the main thread) the SIGHUP handler."""
-        if self._task is not None:
-            return
-        self._loop = asyncio.get_running_loop()
-        self._task = self._loop.create_task(self.watch(interval_s), name="tenants-watch")
-        if sighup and hasattr(signal, "SIGHUP"):
-            try:
-                self._loop.add_signal_handler(signal.SIGHUP, self.reload)
-            except (NotImplementedError, RuntimeError, ValueError):
-                _log.warning("tenants_sighup_unavailable")
+    def start(self, interval_s: float = 2.0) -> None:
+        """Start the mtime watcher task in the running event loop."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(
+                self.watch(interval_s), name="tenants-watch"
+            )
 
     async def stop(self) -> None:
-        """Stop the watcher and remove the SIGHUP handler."""
-        if self._loop is not None and hasattr(signal, "SIGHUP"):
-            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                self._loop.remove_signal_handler(signal.SIGHUP)
+        """Stop the watcher."""
         task, self._task = self._task, None
         if task is not None:
             task.cancel()

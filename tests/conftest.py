@@ -24,6 +24,16 @@ TEST_AUTH = bearer(TEST_KEY)
 """Call metadata of the all-methods test tenant."""
 
 
+_PROCESS_FIXTURES = frozenset({"node", "node_stub", "cluster_factory"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark `cluster` every test that starts Tunggal processes through a fixture."""
+    for item in items:
+        if _PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.cluster)
+
+
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 right now."""
     with socket.socket() as sock:

@@ -26,7 +26,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from gateway.server import GatewayServer, serve, server_options
+from gateway.app import GatewayServer, serve, server_options
 from shard.shardmap import Node
 from tests.conftest import free_port
 from tunggal.client import Candidate, TunggalClient
@@ -188,7 +188,7 @@ class Cluster:
         self.gateway = gateway
         self.fakes = fakes
         self.address = gateway.address
-        self.shard_map = gateway.servicer.shard_map
+        self.shard_map = gateway.fanout.shard_map
 
     def client(self, **kw: Any) -> TunggalClient:
         return TunggalClient(self.address, **kw)
@@ -734,5 +734,7 @@ def test_sigterm_drains_and_exits(tmp_path: Path) -> None:
 
 
 def test_streams_per_client_connection_can_be_capped() -> None:
-    assert ("grpc.max_concurrent_streams", 16) in server_options(settings(), 16)
-    assert not any(k == "grpc.max_concurrent_streams" for k, _ in server_options(settings(), 0))
+    capped = server_options(settings(overload_max_streams_per_connection=16))
+    assert ("grpc.max_concurrent_streams", 16) in capped
+    uncapped = server_options(settings(overload_max_streams_per_connection=0))
+    assert not any(k == "grpc.max_concurrent_streams" for k, _ in uncapped)

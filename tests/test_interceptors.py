@@ -31,11 +31,12 @@ from gateway.interceptors import (
     build_interceptors,
 )
 from gateway.metrics import GatewayMetrics, start_metrics_server
-from gateway.overload import AdaptiveLimiter, OverloadSettings
+from gateway.overload import AdaptiveLimiter
 from gateway.quota import QuotaBook
 from gateway.tenants import Tenant, TenantRegistry, hash_key
 from tunggal.ops.v1 import ops_pb2 as ops_pb
 from tunggal.ops.v1 import ops_pb2_grpc as ops_grpc
+from tunggal.settings import GatewaySettings
 from tunggal.v1 import tunggal_pb2 as pb
 from tunggal.v1 import tunggal_pb2_grpc as pbg
 
@@ -429,7 +430,7 @@ def test_shadow_quota_counts_but_does_not_reject(tmp_path: Path, log_buffer: io.
 
 def one_slot(service_s: float) -> AdaptiveLimiter:
     return AdaptiveLimiter(
-        OverloadSettings(
+        GatewaySettings(
             overload_initial_limit=1,
             overload_min_limit=1,
             overload_max_limit=1,

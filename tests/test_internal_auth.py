@@ -12,6 +12,8 @@ import grpc.aio
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from gateway.nodes import NodePool
+from shard.shardmap import Node
 from tunggal.internal_auth import (
     METADATA_KEY,
     InternalAuthClientInterceptor,
@@ -20,6 +22,7 @@ from tunggal.internal_auth import (
 )
 from tunggal.node.v1 import node_pb2_grpc as node_grpc
 from tunggal.ops.v1 import ops_pb2 as ops_pb
+from tunggal.settings import GatewaySettings
 
 SECRET = "node-secret-0123456789abcdef"
 
@@ -94,3 +97,20 @@ def test_secret_from_environment() -> None:
         InternalAuthServerInterceptor("")
     with pytest.raises(ValueError):
         InternalAuthClientInterceptor("")
+
+
+def test_the_gateway_sends_the_secret_of_its_settings(node: tuple[int, FakeNode]) -> None:
+    port, servicer = node
+
+    async def scenario() -> None:
+        # Padded, as a Kubernetes Secret made from a file may hold it: sent stripped.
+        settings = GatewaySettings(TUNGGAL_INTERNAL_SECRET=f" {SECRET}\n")
+        pool = NodePool([Node("node-0", f"127.0.0.1:{port}")], settings)
+        try:
+            (client,) = pool
+            row = await client.stub.Stats(ops_pb.StatsRequest(), timeout=5)
+        finally:
+            await pool.close()
+        assert row.name == "node-0" and servicer.calls == 1
+
+    asyncio.run(asyncio.wait_for(scenario(), timeout=15))

@@ -6,8 +6,9 @@ import asyncio
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-from gateway.overload import AdaptiveLimiter, OverloadSettings, Shed, Slot
+from gateway.overload import AdaptiveLimiter, Shed, Slot
 from gateway.tenants import Priority
+from tunggal.settings import GatewaySettings
 
 T = TypeVar("T")
 
@@ -16,8 +17,8 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(asyncio.wait_for(coro, timeout=10))
 
 
-def fixed(limit: int, **kw: Any) -> OverloadSettings:
-    return OverloadSettings(
+def fixed(limit: int, **kw: Any) -> GatewaySettings:
+    return GatewaySettings(
         overload_initial_limit=limit,
         overload_min_limit=limit,
         overload_max_limit=limit,
@@ -137,9 +138,7 @@ def test_aimd_cuts_on_slow_calls_and_grows_on_fast_ones() -> None:
     async def scenario() -> None:
         clock = FakeClock()
         limiter = AdaptiveLimiter(
-            OverloadSettings(
-                overload_initial_limit=10, overload_min_limit=2, overload_max_limit=20
-            ),
+            GatewaySettings(overload_initial_limit=10, overload_min_limit=2, overload_max_limit=20),
             clock=clock,
         )
         # Fast calls while the limit is in use: additive increase.

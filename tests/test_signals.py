@@ -33,15 +33,28 @@ def _signal_taken_by_another_thread(wait: Callable[[threading.Event], object]) -
         signal.signal(signal.SIGUSR1, previous)
 
 
+WELL_UNDER_A_POLL_S = 5.0
+"""Bound on both waits below: far above the default 0.2 s poll, far below the
+30 s poll of the event test, so only a wait ended in time by the signal's
+handler or by the event passes, not one that sat out a timeout."""
+
+
 @pytest.mark.timeout(30)
 def test_wait_for_runs_the_handler_of_a_signal_another_thread_took() -> None:
-    # A plain stop.wait() here never returns: the main thread's lock wait is
-    # not interrupted, so CPython never gets to run the handler.
-    assert _signal_taken_by_another_thread(wait_for) < 5.0
+    # A plain stop.wait() here never returns, and stop.wait(timeout) only at its
+    # timeout: the main thread's lock wait is not interrupted, so CPython runs
+    # the handler only when the wait ends on its own.
+    assert _signal_taken_by_another_thread(wait_for) < WELL_UNDER_A_POLL_S
 
 
+@pytest.mark.timeout(60)
 def test_wait_for_returns_once_the_event_is_set() -> None:
     stop = threading.Event()
-    threading.Timer(0.05, stop.set).start()
-    wait_for(stop, poll_s=10.0)  # the event wakes it, not the poll
+    setter = threading.Timer(0.05, stop.set)
+    setter.start()
+    started = time.monotonic()
+    wait_for(stop, poll_s=30.0)  # only the event can end it well within a poll
+    elapsed = time.monotonic() - started
+    setter.join()
     assert stop.is_set()
+    assert elapsed < WELL_UNDER_A_POLL_S

@@ -22,23 +22,32 @@ def is_loopback(host: str) -> bool:
     """True when `host` names only this machine (127.0.0.0/8, ::1, localhost).
 
     An empty host, ``0.0.0.0`` and ``::`` listen on every interface: not loopback.
-    A name is resolved, and is loopback only if every address it has is.
+    IPv6 may be bracketed (``[::1]``); an IPv4-mapped address (``::ffff:127.0.0.1``)
+    counts as its IPv4 address. A name is resolved, and is loopback only if every
+    address it has is; a name that does not resolve is not.
     """
     name = host.strip().removeprefix("[").removesuffix("]")
     if not name:
         return False
     try:
-        return ipaddress.ip_address(name).is_loopback
+        return _is_loopback_address(name)
     except ValueError:
         pass
     try:
         infos = socket.getaddrinfo(name, None)
-    except OSError:
+    except (OSError, UnicodeError):  # unknown name; UnicodeError: not a valid name at all
         return False
-    addresses = {info[4][0] for info in infos}
-    return bool(addresses) and all(
-        ipaddress.ip_address(str(a).split("%", 1)[0]).is_loopback for a in addresses
-    )
+    addresses = {str(info[4][0]) for info in infos}
+    return bool(addresses) and all(_is_loopback_address(a) for a in addresses)
+
+
+def _is_loopback_address(text: str) -> bool:
+    """Whether the IP address `text` (IPv6 scope allowed) is a loopback address;
+    ValueError when it is not an IP address."""
+    address = ipaddress.ip_address(text)
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
 
 
 def check_exposure(
@@ -55,7 +64,8 @@ def check_exposure(
         return False
     if allow_unprotected:
         return True
+    where = repr(host) if host.strip() else "'' (every interface)"
     raise UnprotectedBindError(
-        f"refusing to listen on {host!r} with {what}: any caller on the network would be "
+        f"refusing to listen on {where} with {what}: any caller on the network would be "
         f"served. {remedy}, listen on 127.0.0.1, or (never in production) set {flag}=true"
     )

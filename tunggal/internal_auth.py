@@ -4,10 +4,12 @@ The gateway's channels to the matcher nodes carry the metadata
 ``x-tunggal-internal: <secret>`` (`InternalAuthClientInterceptor`, grpc.aio);
 each node's sync ``grpc.server`` rejects any other caller with
 UNAUTHENTICATED (`InternalAuthServerInterceptor`). Health and reflection stay
-open. The secret comes from the environment variable
-``TUNGGAL_INTERNAL_SECRET`` (the same value on the gateway and every node)
-and is compared in constant time. It is a guard against stray callers on a
-private network, not a substitute for TLS on an untrusted one.
+open. The services take the secret from their settings
+(``settings.internal_secret``, `tunggal.settings.MatchingSettings`, env
+``TUNGGAL_INTERNAL_SECRET``: the same value on the gateway and every node);
+`internal_secret` reads the same variable for the command-line tools. It is
+compared in constant time. It is a guard against stray callers on a private
+network, not a substitute for TLS on an untrusted one.
 """
 
 from __future__ import annotations
@@ -41,7 +43,10 @@ OPEN_SERVICES: Final = frozenset(
 
 
 def internal_secret(environ: Mapping[str, str] | None = None) -> str | None:
-    """The shared secret from ``TUNGGAL_INTERNAL_SECRET``; None when unset or blank."""
+    """The shared secret from ``TUNGGAL_INTERNAL_SECRET`` (stripped); None when unset or blank.
+
+    For the command-line tools; a service reads ``settings.internal_secret``.
+    """
     value = (os.environ if environ is None else environ).get(SECRET_ENV, "").strip()
     return value or None
 

@@ -2,7 +2,9 @@
 
 Servicer methods raise `tunggal.errors.TunggalError` subclasses; these
 decorators abort the call with the mapped status code and message. Anything
-else becomes INTERNAL without leaking details, and is logged.
+else becomes INTERNAL without leaking details to the caller, and is logged
+with its traceback: frames without their locals, so the request's contents
+stay out of the log (tunggal.logs).
 """
 
 from __future__ import annotations

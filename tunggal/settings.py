@@ -64,7 +64,9 @@ class MatchingSettings(BaseSettings):
     @field_validator("internal_secret")
     @classmethod
     def _blank_is_unset(cls, value: SecretStr | None) -> SecretStr | None:
-        return value if value is not None and value.get_secret_value().strip() else None
+        """Blank is unset; surrounding whitespace (a Secret file's newline) is dropped."""
+        stripped = value.get_secret_value().strip() if value is not None else ""
+        return SecretStr(stripped) if stripped else None
 
 
 class NodeSettings(MatchingSettings):
@@ -80,8 +82,8 @@ class NodeSettings(MatchingSettings):
         32,
         ge=4,
         le=128,
-        description="HNSW graph degree M (32: the calibrated ef meets the target at a "
-        "fraction of M=16's, docs/BENCHMARKS.md).",
+        description="HNSW graph degree M. 32: the calibrated ef meets the target at a "
+        "fraction of M=16's (docs/BENCHMARKS.md, HNSW degree M).",
     )
     ef_construction: int = Field(200, ge=8, description="HNSW build beam width.")
     ef_search: int = Field(
@@ -94,17 +96,27 @@ class NodeSettings(MatchingSettings):
     calibration_probes: int = Field(
         20_000,
         ge=50,
-        description="Probes per calibration run (at most the gallery's size). The target "
-        "allows (1 - target) x probes misses, and near it the misses flatten as ef grows: "
-        "on one 500k shard 5000 probes (5 misses allowed) picked anything from 320 to 480 "
-        "between draws, and raw hnswlib's 512 passed one draw of three over 1M "
-        "(docs/BENCHMARKS.md). 20,000 allow 20 and halve that noise, at 4x the cost.",
+        description="Probes per calibration run (at most the gallery's size). 20,000 halve the "
+        "spread of the chosen ef between draws that 5000 showed "
+        "(docs/BENCHMARKS.md, calibration probes).",
     )
     calibration_genuine: float = Field(
         0.68, gt=0, lt=1, description="Mean genuine cosine the calibration probes imitate."
     )
     calibration_growth: float = Field(
         1.5, gt=1, description="Re-calibrate when the gallery grew (or shrank) by this factor."
+    )
+    calibration_coverage: float = Field(
+        0.9,
+        gt=0,
+        le=1,
+        description="Once growth settles, re-calibrate unless the ef in force was measured on "
+        "at least this fraction of the live gallery.",
+    )
+    calibration_quiet_s: float = Field(
+        30.0,
+        ge=0,
+        description="Growth has settled when the gallery's size stayed within 1 % this long.",
     )
     calibration_min_templates: int = Field(
         1000, ge=1, description="Smallest gallery worth calibrating."
@@ -119,10 +131,9 @@ class NodeSettings(MatchingSettings):
     exact_dtype: Literal["int8", "float32", "float16"] = Field(
         "int8",
         description="Storage of the exact-search matrix. int8 (dim + 12 bytes a row) stays "
-        "exact: an int8 scan, a proven error bound, an exact re-rank from the HNSW index's "
-        "float32 vectors; it runs on the CPU. float32 (4 dim + 5 bytes) is the fastest "
-        "for exact top-k without a min_score and the one to choose with a GPU; float16 "
-        "halves that, its scores (exact search, Verify) within 5e-4 of float32's.",
+        "exact (matcher/quantized.py) and runs on the CPU; float32 (4 dim + 5 bytes) is the "
+        "one for a GPU; float16 halves it, scores within 5e-4 of float32's "
+        "(docs/BENCHMARKS.md, exact engines).",
     )
     initial_capacity: int = Field(100_000, ge=16, description="Slots before the first growth.")
     fetch_factor: int = Field(
@@ -209,11 +220,74 @@ class GatewaySettings(MatchingSettings):
         "bench.cpu_breakdown). 2 lets a node take the next batch before it has answered "
         "the last (not measured on nodes with more cores).",
     )
+    # Tenants: who may call what (gateway/tenants.py, docs/tenants.md).
+    tenants_file: Path | None = Field(
+        None, description="Tenants TOML file; required unless auth is off (docs/tenants.md)."
+    )
+    tenants_poll_s: float = Field(
+        2.0, gt=0, description="How often the tenants file is checked for changes."
+    )
+    auth: bool = Field(
+        True,
+        description="off: no API keys, tenants or quotas (local experiments only; the gateway "
+        "then needs no tenants file).",
+    )
     allow_unprotected_network: bool = Field(
         False,
-        description="Serve with authentication off (no tenants file) on a non-loopback host. "
-        "Off: such a gateway refuses to start (tunggal/exposure.py). Never in production.",
+        description="Serve with authentication off on a non-loopback host (any caller on the "
+        "network could enroll, delete and search). Off: such a gateway refuses to start "
+        "(tunggal/exposure.py). Never in production.",
     )
+    # Prometheus /metrics (gateway/metrics.py).
+    metrics_port: int = Field(9464, ge=0, le=65535, description="Port of /metrics; 0 = off.")
+    metrics_host: str = Field("127.0.0.1", description="Address /metrics listens on.")
+    # Overload protection: the adaptive concurrency limit (gateway/overload.py).
+    overload_min_limit: int = Field(4, ge=1, description="The limit never goes below this.")
+    overload_initial_limit: int = Field(64, ge=1, description="Concurrent calls at start.")
+    overload_max_limit: int = Field(1024, ge=1, description="The limit never goes above this.")
+    overload_max_queue: int = Field(256, ge=0, description="Calls waiting for a slot, at most.")
+    overload_max_queue_wait_s: float = Field(
+        2.0, gt=0, description="Longest a call waits for a slot (its deadline may cut it)."
+    )
+    overload_batch_queue_share: float = Field(
+        0.5, gt=0, le=1, description="Batch calls queue only while the queue is under this share."
+    )
+    overload_normal_queue_share: float = Field(
+        0.9, gt=0, le=1, description="Normal calls queue only while the queue is under this."
+    )
+    overload_latency_tolerance: float = Field(
+        2.0, gt=1, description="Service time over baseline * this counts as overload."
+    )
+    overload_latency_slack_s: float = Field(
+        0.005, ge=0, description="...and only when it is also this much over the baseline."
+    )
+    overload_backoff: float = Field(
+        0.9, gt=0, lt=1, description="Multiplicative decrease of the limit on overload."
+    )
+    overload_initial_service_s: float = Field(
+        0.05, gt=0, description="Service time assumed before any call has finished."
+    )
+    overload_deadline_margin_s: float = Field(
+        0.01, ge=0, description="A queued call gives up this long before its deadline."
+    )
+    overload_max_streams_per_connection: int = Field(
+        0,
+        ge=0,
+        description="Calls one client connection may have open at the gateway at once "
+        "(HTTP/2 MAX_CONCURRENT_STREAMS; more wait in the client); 0: no limit.",
+    )
+
+    @field_validator("overload_max_limit")
+    @classmethod
+    def _limits_ordered(cls, value: int, info: Any) -> int:
+        # `info` is pydantic's ValidationInfo; min and initial are declared (so checked) first.
+        low = info.data.get("overload_min_limit", 1)
+        initial = info.data.get("overload_initial_limit", low)
+        if not low <= initial <= value:
+            raise ValueError(
+                "need overload_min_limit <= overload_initial_limit <= overload_max_limit"
+            )
+        return value
 
 
 def grpc_message_options(max_bytes: int) -> list[tuple[str, int]]:

@@ -17,6 +17,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import grpc
@@ -68,8 +69,31 @@ def print_tenants(cluster: LocalCluster) -> None:
             print(f"  {'':<10} {'':<20} {'':<9} the demo uses it for {DEMO_ROLES[tenant.id]}")
 
 
+class StopSignal(KeyboardInterrupt):
+    """Raised in the main thread by the first SIGTERM or SIGINT: stop whatever it is doing."""
+
+
+class _StopOnSignal:
+    """SIGTERM and SIGINT raise `StopSignal` wherever the main thread is: starting the
+    processes, seeding (gRPC's blocking calls check for signals every 200 ms), serving.
+    Once stopping, further signals are ignored so that they cannot cut the drain short."""
+
+    def __init__(self) -> None:
+        self.stopping = False
+        # Installed explicitly: a script's background job inherits SIGINT ignored,
+        # and Ctrl-C must work there too.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if self.stopping:
+            return
+        self.stopping = True
+        raise StopSignal(signal.Signals(signum).name)
+
+
 def cmd_local(args: argparse.Namespace) -> int:
-    """Run the local cluster until Ctrl-C."""
+    """Run the local cluster until SIGTERM or SIGINT (Ctrl-C), then stop every process."""
     metrics_port = args.port + 1000 if args.metrics_port is None else args.metrics_port
     cluster = LocalCluster(
         data_dir=Path(args.data_dir),
@@ -80,12 +104,7 @@ def cmd_local(args: argparse.Namespace) -> int:
     )
     print(f"Tunggal local cluster: data in {cluster.data_dir}, logs in {cluster.log_dir}")
     print(f"  starting {args.nodes} matcher nodes and the gateway ...")
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    # Ctrl-C works even when started from a script's background job, which
-    # inherits SIGINT ignored (Python then installs no handler of its own): during
-    # start-up and seeding it interrupts them, once serving it asks for the stop.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    stopper = _StopOnSignal()
     try:
         cluster.start()
         with DemoClients.connect(cluster.address, timeout=30) as demo:
@@ -94,37 +113,42 @@ def cmd_local(args: argparse.Namespace) -> int:
                 total = sum(n.templates for n in with_pushback(demo.ops.stats))
                 print(f"  reusing the stored gallery: {total:,} templates")
             show(demo.bank, demo.agency, args.subjects)
-            print("\nServing:")
-            print(f"  gateway  {cluster.address}  (tunggal.v1.Matcher, tunggal.ops.v1.Operations)")
-            for spec in cluster.node_specs:
-                print(f"  {spec.name:<8} {spec.address}  (tunggal.node.v1.MatcherNode)")
-            if cluster.metrics_url:
-                print(f"  metrics  {cluster.metrics_url}")
-            print_tenants(cluster)
-            key = DEMO_KEYS["ops"]
-            print(f"\n  try: grpcurl -plaintext {cluster.address} list")
-            print(
-                f"       grpcurl -plaintext -H 'authorization: Bearer {key}' "
-                f"{cluster.address} tunggal.ops.v1.Operations/Stats"
-            )
-            print(
-                f"       tunggal load --address {cluster.address} --method Identify "
-                f"--tenant agency --rps 20 --duration 10s --subjects {args.subjects}"
-            )
-            if cluster.internal_secret:
-                print(
-                    "  node calls (tunggal snapshot) need this cluster's secret:\n"
-                    f"       export {SECRET_ENV}={cluster.internal_secret}"
-                )
-        signal.signal(signal.SIGINT, lambda *_: stop.set())
+        print_serving(cluster, args.subjects)
         print("Press Ctrl-C to stop.", flush=True)
-        wait_for(stop)
-    except KeyboardInterrupt:
+        wait_for(threading.Event())  # until a signal raises StopSignal
+    except StopSignal:
         pass
     finally:
-        print("\nstopping (draining, snapshotting) ...")
+        stopper.stopping = True
+        print("\nstopping (draining, snapshotting) ...", flush=True)
         cluster.stop()
     return 0
+
+
+def print_serving(cluster: LocalCluster, subjects: int) -> None:
+    """What the cluster serves where, its tenants, and commands to try."""
+    print("\nServing:")
+    print(f"  gateway  {cluster.address}  (tunggal.v1.Matcher, tunggal.ops.v1.Operations)")
+    for spec in cluster.node_specs:
+        print(f"  {spec.name:<8} {spec.address}  (tunggal.node.v1.MatcherNode)")
+    if cluster.metrics_url:
+        print(f"  metrics  {cluster.metrics_url}")
+    print_tenants(cluster)
+    key = DEMO_KEYS["ops"]
+    print(f"\n  try: grpcurl -plaintext {cluster.address} list")
+    print(
+        f"       grpcurl -plaintext -H 'authorization: Bearer {key}' "
+        f"{cluster.address} tunggal.ops.v1.Operations/Stats"
+    )
+    print(
+        f"       tunggal load --address {cluster.address} --method Identify "
+        f"--tenant agency --rps 20 --duration 10s --subjects {subjects}"
+    )
+    if cluster.internal_secret:
+        print(
+            "  node calls (tunggal snapshot) need this cluster's secret:\n"
+            f"       export {SECRET_ENV}={cluster.internal_secret}"
+        )
 
 
 def _api_key(args: argparse.Namespace, default_tenant: str) -> str:

@@ -3,7 +3,9 @@
 Used by `tunggal local` (the README's run command), the integration tests and
 the benchmarks. Each process is started with the current interpreter, logs
 to `<data_dir>/logs/<name>.log`, and is waited for until its gRPC health
-check says SERVING.
+check says SERVING. Every process runs in a session of its own (a terminal's
+Ctrl-C reaches only the parent, which stops them in order) and dies with
+the parent, even a parent killed with SIGKILL (Linux; tunggal_tools/children.py).
 
 The gateway authenticates callers with `tenants_file` (the demo tenants of
 deploy/tenants.demo.toml by default; None starts it with ``--no-auth``) and
@@ -28,6 +30,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway.tenants import METHODS, Priority, Tenant, dump_tenants, hash_key
 from tunggal.internal_auth import SECRET_ENV
+from tunggal_tools import children
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_TENANTS_FILE = REPO / "deploy" / "tenants.demo.toml"
@@ -175,15 +178,20 @@ class LocalCluster:
     def _spawn(self, spec: ProcessSpec) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         env = self.process_env()
-        with (self.log_dir / f"{spec.name}.log").open("ab") as log:
-            spec.proc = subprocess.Popen(
-                spec.argv,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=self.code_dir,  # `python -m` imports from its working directory first
-                start_new_session=True,
-            )
+
+        def start() -> None:  # on the spawner thread; it records the process itself
+            with (self.log_dir / f"{spec.name}.log").open("ab") as log:
+                spec.proc = subprocess.Popen(
+                    spec.argv,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    cwd=self.code_dir,  # `python -m` imports from its working directory first
+                    start_new_session=True,
+                    preexec_fn=children.bound_to_parent(),
+                )
+
+        children.spawn(start)
 
     def start(self) -> LocalCluster:
         """Start every node, then the gateway; return when all are SERVING."""
@@ -209,22 +217,32 @@ class LocalCluster:
             proc.wait(timeout=60)
 
     def stop(self, timeout: float = 60.0) -> None:
-        """SIGTERM everything (gateway first), wait, SIGKILL stragglers."""
-        specs = [self.gateway_spec, *self.node_specs]
-        for spec in specs:
-            if spec.proc is not None and spec.proc.poll() is None:
-                spec.proc.send_signal(signal.SIGTERM)
-        for spec in specs:
-            if spec.proc is None:
-                continue
-            try:
-                spec.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                spec.proc.kill()
-                spec.proc.wait()
+        """Stop the gateway, then the nodes: SIGTERM, `timeout` s to drain, then SIGKILL.
+
+        The gateway goes first so the calls it drains still reach the nodes;
+        the nodes then drain what is left and write their snapshots.
+        """
+        children.settle()  # a start interrupted by a signal may still be forking one
+        _terminate([self.gateway_spec], timeout)
+        _terminate(self.node_specs, timeout)
 
     def __enter__(self) -> LocalCluster:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _terminate(specs: list[ProcessSpec], timeout: float) -> None:
+    """SIGTERM every running process of `specs`; SIGKILL those still up after `timeout` s."""
+    procs = [spec.proc for spec in specs if spec.proc is not None]
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -1,0 +1,76 @@
+"""Processes seen through Linux's /proc: children of a pid, alive or gone, ports held."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Child:
+    """A process, identified by pid and start time (a pid alone may be reused)."""
+
+    pid: int
+    start_time: int
+    cmdline: str
+
+    def alive(self) -> bool:
+        """Running or stopped (not a zombie, not gone, not a new process on a reused pid)."""
+        stat = _stat(self.pid)
+        return stat is not None and stat[19] == str(self.start_time) and stat[0] not in "ZX"
+
+    def kill(self) -> None:
+        if self.alive():
+            os.kill(self.pid, signal.SIGKILL)
+
+
+def _stat(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name (state first), or None."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return raw[raw.rindex(")") + 2 :].split()
+
+
+def children_of(parent: int) -> list[Child]:
+    """The live processes whose parent is `parent` (whichever of its threads forked them)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        stat = _stat(int(entry))
+        if stat is None or stat[1] != str(parent) or stat[0] in "ZX":
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue
+        found.append(Child(int(entry), int(stat[19]), cmdline.decode(errors="replace")))
+    return found
+
+
+def port_free(port: int) -> bool:
+    """No listener holds `port` on 127.0.0.1 (TIME_WAIT of old connections aside)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+            sock.listen()
+        except OSError:
+            return False
+    return True
+
+
+def wait_gone(children: list[Child], timeout: float) -> list[Child]:
+    """Poll until none of `children` is alive or `timeout` s pass; return the survivors."""
+    deadline = time.monotonic() + timeout
+    while True:
+        alive = [child for child in children if child.alive()]
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.1)

@@ -1,0 +1,115 @@
+"""A gateway with authentication off never serves beyond loopback by accident (issue 12, defect 1).
+
+Real gateway processes listening on 0.0.0.0: with ``--no-auth`` (or
+``TUNGGAL_GATEWAY_AUTH=off``) one refuses to start, with one line on stderr,
+unless ``TUNGGAL_GATEWAY_ALLOW_UNPROTECTED_NETWORK=true``, and then it serves
+and logs the risk at error level; with authentication on it serves.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from tests.conftest import free_port
+from tunggal.client import TunggalClient
+from tunggal_tools.localcluster import wait_serving
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO_TENANTS = ROOT / "deploy" / "tenants.demo.toml"
+ALLOW = "TUNGGAL_GATEWAY_ALLOW_UNPROTECTED_NETWORK"
+RISK_EVENT = "gateway_unprotected_network"
+
+
+def environment(**extra: str) -> dict[str, str]:
+    """This process's environment without gateway settings, plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TUNGGAL_GATEWAY_")}
+    return {**env, **extra}
+
+
+def argv(port: int, *extra: str) -> list[str]:
+    """A gateway on every interface, its one node down, /metrics off."""
+    return [
+        sys.executable, "-m", "gateway.server", "--host", "0.0.0.0", "--port", str(port),
+        "--metrics-port", "0", "--nodes", f"node-0=127.0.0.1:{free_port()}", *extra,
+    ]  # fmt: skip
+
+
+def log_events(path: Path) -> list[dict[str, Any]]:
+    events = []
+    for line in path.read_text().splitlines():
+        try:
+            events.append(json.loads(line))
+        except ValueError:
+            continue
+    return events
+
+
+def serve_then_stop(tmp_path: Path, args: list[str], env: dict[str, str]) -> list[dict[str, Any]]:
+    """Start a gateway, call Stats on it through 127.0.0.1, stop it; its log events."""
+    port = int(args[args.index("--port") + 1])
+    log = tmp_path / "gateway.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_serving(f"127.0.0.1:{port}", 30, proc)
+        with TunggalClient(f"127.0.0.1:{port}", timeout=10) as anonymous:
+            try:
+                (row,) = anonymous.stats()
+            except grpc.RpcError as exc:
+                assert exc.code() == grpc.StatusCode.UNAUTHENTICATED  # auth on
+            else:
+                assert row.name == "node-0" and row.error  # auth off; the node is down
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return log_events(log)
+
+
+@pytest.mark.parametrize(
+    ("flags", "env"),
+    [(["--no-auth"], {}), ([], {"TUNGGAL_GATEWAY_AUTH": "off"})],
+    ids=["--no-auth", "TUNGGAL_GATEWAY_AUTH=off"],
+)
+def test_auth_off_beyond_loopback_is_refused(flags: list[str], env: dict[str, str]) -> None:
+    result = subprocess.run(
+        argv(free_port(), *flags),
+        cwd=ROOT,
+        env=environment(**env),
+        capture_output=True,
+        text=True,
+        timeout=30,  # a gateway that serves instead never exits
+    )
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "refusing to listen on '0.0.0.0' with authentication off" in lines[0]
+    assert f"{ALLOW}=true" in lines[0] and "--tenants" in lines[0]
+
+
+def test_auth_off_beyond_loopback_serves_when_allowed_and_says_so(tmp_path: Path) -> None:
+    events = serve_then_stop(
+        tmp_path, argv(free_port(), "--no-auth"), environment(**{ALLOW: "true"})
+    )
+    (risk,) = [e for e in events if e.get("event") == RISK_EVENT]
+    assert risk["level"] == "error" and risk["host"] == "0.0.0.0"
+    assert "any caller" in risk["detail"]
+
+
+def test_auth_on_serves_beyond_loopback(tmp_path: Path) -> None:
+    events = serve_then_stop(
+        tmp_path, argv(free_port(), "--tenants", str(DEMO_TENANTS)), environment()
+    )
+    assert any(e.get("event") == "gateway_started" for e in events)
+    assert not any(e.get("event") == RISK_EVENT for e in events)
