@@ -6,14 +6,16 @@ Calls are made as the all-methods test tenant (tests/tenants.test.toml).
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
 
-from tests.conftest import TEST_AUTH, TEST_TENANTS, free_port_run
+from tests.conftest import TEST_AUTH, TEST_KEY, TEST_TENANTS, free_port_run
 from tunggal.client import TunggalClient
 from tunggal.synthetic import FaceModel, subject_id
+from tunggal_tools.cli import main
 from tunggal_tools.localcluster import LocalCluster
 
 MODEL = FaceModel(dim=128, structure=0.7)
@@ -110,7 +112,9 @@ def test_identify_verify_delete_restart(tmp_path) -> None:  # type: ignore[no-un
         cluster.stop()
 
 
-def test_node_down_gives_partial_or_unavailable(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_node_down_gives_partial_or_unavailable(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     cluster = LocalCluster(
         tmp_path / "c", base_port=free_port_run(3), nodes=2, tenants_file=TEST_TENANTS
     ).start()
@@ -129,6 +133,12 @@ def test_node_down_gives_partial_or_unavailable(tmp_path) -> None:  # type: igno
             assert "node-1" in (err.value.details() or "")
             down = [n for n in client.stats() if n.error]
             assert [n.name for n in down] == ["node-1"]
+            with pytest.raises(SystemExit) as exited:
+                main(["stats", "--address", cluster.address, "--key", TEST_KEY])
+            assert exited.value.code == 0
+            table = capsys.readouterr().out
+            assert "node-1" in table and "ERROR" in table
+            assert "2 Identify calls" in table  # the partial answer and the refusal
             cluster.start_node(1)
             # The gateway's channel reconnects with backoff (at most 2 s): the
             # first calls after the restart may still find it down.

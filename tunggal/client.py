@@ -120,6 +120,23 @@ class NodeInfo:
     calibrated_templates: int = 0
     calibration_met: bool = False
     escalations: int = 0
+    calibrated_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class GatewayCounts:
+    """What the answering gateway decided since it started."""
+
+    identify_calls: int
+    escalations: int
+
+
+@dataclass(frozen=True)
+class ClusterStats:
+    """Operations' Stats: one row per node and the answering gateway's counts."""
+
+    nodes: list[NodeInfo]
+    gateway: GatewayCounts
 
 
 def bearer(api_key: str) -> list[tuple[str, str]]:
@@ -347,10 +364,14 @@ class TunggalClient:
 
     def stats(self, *, timeout: float | None = None) -> list[NodeInfo]:
         """One row per matcher node; a down node's row has `error` set."""
+        return self.cluster_stats(timeout=timeout).nodes
+
+    def cluster_stats(self, *, timeout: float | None = None) -> ClusterStats:
+        """Every node's row and the answering gateway's Identify and escalation counts."""
         response = self._ops.Stats(
             ops_pb.StatsRequest(), timeout=self._t(timeout), metadata=self.metadata
         )
-        return [
+        nodes = [
             NodeInfo(
                 name=n.name,
                 address=n.address,
@@ -371,6 +392,9 @@ class TunggalClient:
                 calibrated_templates=n.calibrated_templates,
                 calibration_met=n.calibration_met,
                 escalations=n.escalations,
+                calibrated_at=n.calibrated_at,
             )
             for n in response.nodes
         ]
+        gateway = GatewayCounts(response.gateway.identify_calls, response.gateway.escalations)
+        return ClusterStats(nodes, gateway)

@@ -158,17 +158,23 @@ def _api_key(args: argparse.Namespace, default_tenant: str) -> str:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    """Print every node's row of Stats."""
+    """Print every node's row of Stats and the answering gateway's counts."""
     with TunggalClient(args.address, metadata=bearer(_api_key(args, "ops"))) as client:
-        rows = client.stats()
+        stats = client.cluster_stats()
     print(f"{'node':<10} {'address':<22} {'serving':<8} {'subjects':>10} {'templates':>10} "
-          f"{'seq':>10} {'snap':>10} {'rss MiB':>8}")  # fmt: skip
-    for n in rows:
+          f"{'seq':>10} {'snap':>10} {'rss MiB':>8} {'ef':>5} {'ef measured on':>15}")  # fmt: skip
+    for n in stats.nodes:
         print(
             f"{n.name:<10} {n.address:<22} {n.serving!s:<8} {n.subjects:>10,} "
             f"{n.templates:>10,} {n.last_seq:>10} {n.snapshot_seq:>10} "
-            f"{n.rss_bytes / 2**20:>8.0f}" + (f"  ERROR {n.error}" if n.error else "")
+            f"{n.rss_bytes / 2**20:>8.0f} {n.ef_search:>5} {n.calibrated_templates:>15,}"
+            + (f"  ERROR {n.error}" if n.error else "")
         )
+    gateway = stats.gateway
+    print(
+        f"gateway {args.address}: {gateway.identify_calls:,} Identify calls, "
+        f"{gateway.escalations:,} escalated to exact search"
+    )
     return 0
 
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ipaddress
 import json
 import math
 import os
@@ -45,6 +44,7 @@ import grpc.aio
 import numpy as np
 import numpy.typing as npt
 
+from tunggal.exposure import is_loopback as host_is_loopback
 from tunggal.settings import MiB, grpc_message_options
 from tunggal.synthetic import FaceModel, subject_id
 from tunggal.templates import encode_template
@@ -147,15 +147,11 @@ class LoadConfig:
 
 
 def is_loopback(address: str) -> bool:
-    """Whether host:port names this machine (127.0.0.0/8, ::1, localhost)."""
-    host = address.rsplit(":", 1)[0] if ":" in address else address
-    host = host.strip("[]")
-    if host.startswith("unix:") or host.lower() == "localhost":
+    """Whether host:port (or a unix: socket) names this machine only."""
+    if address.startswith("unix:"):
         return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    host = address.rsplit(":", 1)[0] if ":" in address else address
+    return host_is_loopback(host)
 
 
 def parse_duration(text: str) -> float:
