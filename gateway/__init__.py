@@ -1,0 +1,1 @@
+"""Tunggal's gateway: the public gRPC service that fans calls out to the matcher nodes."""

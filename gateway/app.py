@@ -80,7 +80,7 @@ class GatewayServer:
     def address(self) -> str:
         """host:port a client dials (127.0.0.1 when bound to every interface)."""
         host = self.host
-        if host in ("0.0.0.0", "::", "[::]", ""):
+        if host in ("0.0.0.0", "::", "[::]", ""):  # noqa: S104  compares, binds nothing
             host = "127.0.0.1"
         return f"{host}:{self.port}"
 

@@ -100,10 +100,10 @@ class Fanout:
         node: Node,
         call: grpc.aio.UnaryUnaryMultiCallable[Req, Resp],
         request: Req,
-        timeout: float,
+        timeout_s: float,
     ) -> Resp:
         try:
-            return await call(request, timeout=timeout)
+            return await call(request, timeout=timeout_s)
         except grpc.aio.AioRpcError as exc:
             raise shard_error(node, exc) from None
 
@@ -195,16 +195,16 @@ class Fanout:
         return in_escalation_band(best, self.settings.verify_threshold, self.settings.escalate_band)
 
     async def search_all(
-        self, search: node_pb.NodeSearchRequest, timeout: float, require_all: bool
+        self, search: node_pb.NodeSearchRequest, timeout_s: float, require_all: bool
     ) -> Search:
-        """Ask every shard once, within `timeout` seconds, and merge the answers.
+        """Ask every shard once, within `timeout_s` seconds, and merge the answers.
 
         Raises when no shard answered, or one failed and `require_all` is set.
         """
         nodes = self.shard_map.nodes
         # Futures, not tasks: gathering them adds no task per shard.
         outcomes = await asyncio.gather(
-            *(self.pool[node].searches.submit(search, timeout) for node in nodes),
+            *(self.pool[node].searches.submit(search, timeout_s) for node in nodes),
             return_exceptions=True,
         )
         answers: list[tuple[str, Sequence[pb.Candidate]]] = []
@@ -223,7 +223,7 @@ class Fanout:
             if not answers:
                 codes = {f.code for f in failures}
                 if codes == {grpc.StatusCode.DEADLINE_EXCEEDED}:
-                    raise DeadlineExceeded(f"no shard answered within {timeout:.3f} s: {detail}")
+                    raise DeadlineExceeded(f"no shard answered within {timeout_s:.3f} s: {detail}")
                 if codes == {grpc.StatusCode.INVALID_ARGUMENT}:
                     raise failures[0]
                 raise Unavailable(f"no shard answered ({failed}): {detail}")

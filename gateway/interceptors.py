@@ -84,10 +84,12 @@ class CallState:
 
     @property
     def tenant_label(self) -> str:
+        """The tenant id for metrics, ``-`` before (or without) authentication."""
         return self.tenant.id if self.tenant is not None else ANONYMOUS
 
     @property
     def method_label(self) -> str:
+        """The method name for metrics; ``other`` outside the tenant API (bounded labels)."""
         return self.method if self.method in METHODS else "other"
 
 
@@ -144,7 +146,7 @@ async def abort_with_pushback(
 def _rejection(code: grpc.StatusCode, message: str, pushback_ms: int | None = None) -> Handler:
     """A handler that rejects the call without deserialising the request."""
 
-    async def reject(request: Any, context: Context) -> NoReturn:
+    async def reject(_request: Any, context: Context) -> NoReturn:
         await abort_with_pushback(context, code, message, pushback_ms)
 
     return grpc.unary_unary_rpc_method_handler(reject)
@@ -179,6 +181,7 @@ class ObserveInterceptor(_ServerInterceptor):
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
     ) -> Handler:
+        """Wrap a unary tenant call so that its outcome is audited and counted."""
         if _is_open(handler_call_details):
             return await continuation(handler_call_details)
         state = _call_state(handler_call_details)
@@ -239,6 +242,7 @@ class AuthInterceptor(_ServerInterceptor):
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
     ) -> Handler:
+        """Continue with the caller's tenant, or answer UNAUTHENTICATED / PERMISSION_DENIED."""
         details = handler_call_details
         if _is_open(details):
             return await continuation(details)
@@ -281,6 +285,7 @@ class QuotaInterceptor(_ServerInterceptor):
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
     ) -> Handler:
+        """Admit the call under its tenant's quota, or answer RESOURCE_EXHAUSTED with pushback."""
         state = _STATE.get()
         tenant = state.tenant if state is not None else None
         spec = tenant.quota(state.method) if state is not None and tenant is not None else None
@@ -335,6 +340,7 @@ class OverloadInterceptor(_ServerInterceptor):
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
     ) -> Handler:
+        """Wrap the call so that it runs only once the limiter admits it, else UNAVAILABLE."""
         state = _STATE.get()
         handler = await continuation(handler_call_details)
         if state is None or handler is None or not _is_unary(handler):

@@ -28,23 +28,28 @@ class LimiterView(Protocol):
     """What the overload gauges read (gateway.overload.AdaptiveLimiter has it)."""
 
     @property
-    def limit(self) -> int: ...
+    def limit(self) -> int:
+        """Calls admitted at once now."""
 
     @property
-    def in_flight(self) -> int: ...
+    def in_flight(self) -> int:
+        """Calls admitted and not yet ended."""
 
     @property
-    def queued(self) -> int: ...
+    def queued(self) -> int:
+        """Calls waiting for a slot."""
 
 
 class IdentifyCountsView(Protocol):
     """What the escalation counters read (gateway.fanout.IdentifyCounts has it)."""
 
     @property
-    def calls(self) -> int: ...
+    def calls(self) -> int:
+        """Identify calls that reached the shards."""
 
     @property
-    def escalations(self) -> int: ...
+    def escalations(self) -> int:
+        """Of those, the calls re-asked with exact search."""
 
 
 class _IdentifyCollector:

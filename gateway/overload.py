@@ -179,10 +179,12 @@ class AdaptiveLimiter:
 
     @property
     def in_flight(self) -> int:
+        """Calls admitted and not yet ended."""
         return self._in_flight
 
     @property
     def queued(self) -> int:
+        """Calls waiting for a slot, every priority together."""
         return sum(len(q) for q in self._queues)
 
     def _wait_estimate_s(self, ahead: int) -> float:

@@ -68,10 +68,12 @@ class TokenBucket:
 
     @property
     def rate(self) -> float:
+        """Tokens added per second."""
         return self._rate
 
     @property
     def burst(self) -> int:
+        """The most tokens the bucket holds."""
         return self._burst
 
     @property
@@ -123,10 +125,12 @@ class ConcurrencyLimiter:
 
     @property
     def limit(self) -> int:
+        """The most calls in flight at once."""
         return self._limit
 
     @property
     def in_flight(self) -> int:
+        """Calls holding a slot now."""
         return self._in_flight
 
     def try_acquire(self) -> Decision:
@@ -177,6 +181,7 @@ class DailyCounter:
 
     @property
     def limit(self) -> int:
+        """The most calls counted per UTC day."""
         return self._limit
 
     @property
@@ -229,6 +234,7 @@ class Admission:
 
     @property
     def admitted(self) -> bool:
+        """Whether no enforced quota rejected the call."""
         return self.rejection is None
 
     def release(self) -> None:

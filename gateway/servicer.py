@@ -101,6 +101,7 @@ class GatewayMatcher(pb_grpc.MatcherServicer):
 
     @async_errors
     async def Enroll(self, request: pb.EnrollRequest, context: Context) -> pb.EnrollResponse:
+        """Check the enrollment, send it to the subject's owner; the answer names the shard."""
         self._check_enroll(request)
         node, response = await self._owner_call(
             request.subject_id, lambda stub: stub.Enroll, request, context
@@ -112,6 +113,10 @@ class GatewayMatcher(pb_grpc.MatcherServicer):
     async def EnrollBatch(
         self, request: pb.EnrollBatchRequest, context: Context
     ) -> pb.EnrollBatchResponse:
+        """Check each item, send the valid ones to their owners; one result per item, in order.
+
+        A malformed item fails alone (INVALID_ARGUMENT in its result), not the batch.
+        """
         items = request.items
         limit = self.settings.max_batch_subjects
         if not items:
@@ -135,6 +140,7 @@ class GatewayMatcher(pb_grpc.MatcherServicer):
 
     @async_errors
     async def Delete(self, request: pb.DeleteRequest, context: Context) -> pb.DeleteResponse:
+        """Delete the subject on its owner."""
         check_subject_id(request.subject_id)
         _, response = await self._owner_call(
             request.subject_id, lambda stub: stub.Delete, request, context
@@ -143,6 +149,7 @@ class GatewayMatcher(pb_grpc.MatcherServicer):
 
     @async_errors
     async def Verify(self, request: pb.VerifyRequest, context: Context) -> pb.VerifyResponse:
+        """Check the probe, score it against the subject on its owner."""
         check_subject_id(request.subject_id)
         decode_probe(request.probe, self.settings.dim)
         if request.HasField("threshold"):
@@ -154,6 +161,7 @@ class GatewayMatcher(pb_grpc.MatcherServicer):
 
     @async_errors
     async def GetSubject(self, request: pb.GetSubjectRequest, context: Context) -> pb.Subject:
+        """The subject as its owner holds it, with the shard's name."""
         check_subject_id(request.subject_id)
         node, response = await self._owner_call(
             request.subject_id, lambda stub: stub.GetSubject, request, context
@@ -163,6 +171,10 @@ class GatewayMatcher(pb_grpc.MatcherServicer):
 
     @async_errors
     async def Identify(self, request: pb.IdentifyRequest, context: Context) -> pb.IdentifyResponse:
+        """Search every shard and merge the top `k`, re-asked by exact search when ambiguous.
+
+        Shards that fail make the answer partial (or fail it with ``require_all_shards``).
+        """
         decode_probe(request.probe, self.settings.dim)
         k = check_k(request.k, self.settings.max_k)
         min_score = (
@@ -208,6 +220,7 @@ class GatewayOperations(ops_grpc.OperationsServicer):
 
     @async_errors
     async def Stats(self, request: ops_pb.StatsRequest, context: Context) -> ops_pb.StatsResponse:
+        """One row per node (an unreachable node's row says why) and the gateway's counters."""
         rows = await self.fanout.node_stats(request, node_budget(self.settings, context))
         counts = self.fanout.counts
         return ops_pb.StatsResponse(

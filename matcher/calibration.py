@@ -53,6 +53,8 @@ class Calibration:
     templates: int
     met: bool
     table: dict[int, int] = field(default_factory=dict)
+    calibrated_at: float = 0.0
+    """Unix time of the measurement (0: unknown, e.g. stored by an older node)."""
 
     @property
     def hit_rate(self) -> float:

@@ -15,6 +15,8 @@ Thread safety: writes (set_rows, clear_rows, grow) need exclusive access - the
 Gallery's lock. Searches may run concurrently with each other (the per-block
 refresh is serialised internally; InferenceSession.run is thread-safe).
 `numpy_topk` is the plain-numpy reference the engine is tested against.
+
+`ExactMatrix` is one of the two `matcher.matrix.SearchMatrix` implementations.
 """
 
 from __future__ import annotations
@@ -74,7 +76,7 @@ def prepare_search(
     """`probes` as contiguous float32 (n, dim) (ValueError otherwise), and the (n, k)
     labels and scores of an answer with every slot empty (-1 and -inf)."""
     probes = np.ascontiguousarray(probes, dtype=np.float32)
-    if probes.ndim != 2 or probes.shape[1] != dim:
+    if probes.shape != (len(probes), dim):
         raise ValueError(f"probes must be (n, {dim}), got {probes.shape}")
     n = probes.shape[0]
     labels = np.full((n, max(k, 0)), -1, dtype=np.int64)

@@ -162,7 +162,7 @@ def cuda_available() -> bool:
                 build_model().SerializeToString(), _session_options(1), providers=[CUDA, CPU]
             )
             return bool(session.get_providers()[0] == CUDA)
-        except Exception:  # any failure means no usable CUDA here
+        except Exception:  # noqa: BLE001 - any failure means no usable CUDA here
             return False
         finally:
             ort.set_default_logger_severity(_ORT_DEFAULT_LOG_SEVERITY)

@@ -29,6 +29,8 @@ threshold (dedup) little more than the mates themselves.
 
 Thread safety as for `matcher.exact.ExactMatrix`: writes need the gallery's
 exclusive lock, searches may run concurrently. CPU only.
+
+`QuantizedMatrix` is one of the two `matcher.matrix.SearchMatrix` implementations.
 """
 
 from __future__ import annotations

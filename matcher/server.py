@@ -4,12 +4,18 @@ Start-up order: the gRPC server starts first with health NOT_SERVING (so
 orchestrators see it alive), the gallery loads (snapshot + log replay), then
 health turns SERVING. On SIGTERM/SIGINT: health NOT_SERVING first, refuse
 new work, drain in-flight calls for `grace_s`, write a snapshot, stop.
+
+Without the internal secret (TUNGGAL_INTERNAL_SECRET) a node serves any
+caller, so it refuses to start on a host beyond loopback (exit 1, one line on
+stderr) unless TUNGGAL_NODE_ALLOW_UNPROTECTED_NETWORK=true, which it then
+logs at error level (`check_node_exposure`, tunggal/exposure.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import signal
+import sys
 import threading
 from collections.abc import Sequence
 from concurrent import futures
@@ -26,7 +32,8 @@ from grpc_reflection.v1alpha import reflection
 from matcher.gallery import Gallery
 from matcher.metrics import LatencyInterceptor, NodeMetrics
 from matcher.service import MatcherNodeService
-from tunggal.internal_auth import SECRET_ENV, InternalAuthServerInterceptor, internal_secret
+from tunggal.exposure import UnprotectedBindError, check_exposure
+from tunggal.internal_auth import SECRET_ENV, InternalAuthServerInterceptor
 from tunggal.logs import configure_logging
 from tunggal.node.v1 import node_pb2 as node_pb
 from tunggal.node.v1 import node_pb2_grpc as node_grpc
@@ -35,6 +42,7 @@ from tunggal.signals import wait_for
 
 _log = structlog.get_logger("matcher.server")
 SERVICE_NAME = node_pb.DESCRIPTOR.services_by_name["MatcherNode"].full_name
+ALLOW_UNPROTECTED_ENV = "TUNGGAL_NODE_ALLOW_UNPROTECTED_NETWORK"
 
 
 class NodeServer:
@@ -92,7 +100,7 @@ class NodeServer:
             if gallery is not None:
                 try:
                     gallery.maintain()
-                except Exception:
+                except Exception:  # noqa: BLE001 - logged; the next pass tries again
                     _log.exception("maintenance_failed")
 
     def stop(self, grace: float | None = None) -> None:
@@ -130,17 +138,52 @@ def parse_args(argv: list[str] | None = None) -> NodeSettings:
     return NodeSettings(**overrides)
 
 
+def internal_secret(settings: NodeSettings) -> str | None:
+    """The gateway-to-node secret, None when unset (blank counts as unset)."""
+    if settings.internal_secret is None:
+        return None
+    return settings.internal_secret.get_secret_value().strip() or None
+
+
+def check_node_exposure(settings: NodeSettings) -> None:
+    """Refuse (`tunggal.exposure.UnprotectedBindError`) to serve without the internal
+    secret beyond loopback; when the operator allowed it, log the risk at error level."""
+    secret = internal_secret(settings)
+    allowed = check_exposure(
+        host=settings.host,
+        protected=secret is not None,
+        allow_unprotected=settings.allow_unprotected_network,
+        what=f"internal authentication off ({SECRET_ENV} is not set)",
+        remedy=f"Set {SECRET_ENV} (the same value on the gateway and every node)",
+        flag=ALLOW_UNPROTECTED_ENV,
+    )
+    if allowed:
+        _log.error(
+            "node_unprotected_network",
+            host=settings.host,
+            detail=f"{SECRET_ENV} is not set and the node listens beyond loopback: any caller "
+            "on the network may enroll, delete and search this shard without the gateway "
+            f"({ALLOW_UNPROTECTED_ENV}=true); never in production",
+        )
+    elif secret is None:
+        _log.warning("internal_auth_off", detail=f"{SECRET_ENV} is not set: any caller is served")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run one matcher node until SIGTERM/SIGINT."""
     settings = parse_args(argv)
     configure_logging(settings.log_level, service=f"node:{settings.name}", cache=True)
-    secret = internal_secret()
-    if secret is None:
-        _log.warning("internal_auth_off", detail=f"{SECRET_ENV} is not set: any caller is served")
+    try:
+        check_node_exposure(settings)
+    except UnprotectedBindError as exc:
+        _log.error("node_refused_to_start", reason=str(exc))
+        sys.stderr.write(f"tunggal-node: error: {exc}\n")
+        raise SystemExit(1) from None
+    secret = internal_secret(settings)
     node = NodeServer(settings, [InternalAuthServerInterceptor(secret)] if secret else [])
     stop_requested = threading.Event()
 
-    def on_signal(signum: int, frame: FrameType | None) -> None:
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
         _log.info("signal", signal=signal.Signals(signum).name)
         stop_requested.set()
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import threading
+from pathlib import Path
 
 import grpc
 
-from matcher.gallery import EnrollItem, FloatMatrix, Gallery, Match, SearchQuery
+from matcher.gallery import EnrollItem, FloatMatrix, Gallery, GalleryStats, Match, SearchQuery
 from tunggal import templates as tpl
 from tunggal.errors import DeadlineExceeded, InvalidArgument, TunggalError, Unavailable
 from tunggal.node.v1 import node_pb2 as node_pb
@@ -21,10 +22,10 @@ from tunggal.v1 import tunggal_pb2 as pb
 def rss_bytes() -> int:
     """Resident memory of this process (Linux), 0 where unknown."""
     try:
-        with open("/proc/self/statm") as fh:
-            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
     except (OSError, ValueError, IndexError):
         return 0
+    return pages * os.sysconf("SC_PAGE_SIZE")
 
 
 def to_item(request: pb.EnrollRequest, settings: NodeSettings, field: str) -> EnrollItem:
@@ -41,6 +42,24 @@ def to_item(request: pb.EnrollRequest, settings: NodeSettings, field: str) -> En
     return EnrollItem(
         request.subject_id, vectors, request.mode == pb.ENROLL_MODE_REPLACE, request.request_id
     )
+
+
+def fill_stats(reply: ops_pb.NodeStats, stats: GalleryStats) -> None:
+    """Write a gallery's stats into its node's Stats row, field by field."""
+    reply.subjects = stats.subjects
+    reply.templates = stats.templates
+    reply.capacity = stats.capacity
+    reply.ef_search = stats.ef_search
+    reply.last_seq = stats.last_seq
+    reply.snapshot_seq = stats.snapshot_seq
+    reply.index_bytes = stats.index_bytes
+    reply.matrix_bytes = stats.matrix_bytes
+    reply.escalations = stats.escalations
+    reply.calibration_hit_rate = stats.calibration_hit_rate
+    reply.calibration_probes = stats.calibration_probes
+    reply.calibrated_templates = stats.calibrated_templates
+    reply.calibration_met = stats.calibration_met
+    reply.calibrated_at = stats.calibrated_at
 
 
 def _batch_size(n: int, limit: int, field: str, one: str, many: str) -> int:
@@ -80,6 +99,7 @@ class MatcherNodeService(node_grpc.MatcherNodeServicer):
 
     @sync_errors
     def Enroll(self, request: pb.EnrollRequest, context: grpc.ServicerContext) -> pb.EnrollResponse:
+        """One subject's templates, durably (tunggal.v1 EnrollRequest)."""
         gallery = self._ready(context)
         result = gallery.enroll([to_item(request, self.settings, "")])[0]
         if isinstance(result, Exception):
@@ -95,6 +115,7 @@ class MatcherNodeService(node_grpc.MatcherNodeServicer):
     def EnrollBatch(
         self, request: pb.EnrollBatchRequest, context: grpc.ServicerContext
     ) -> pb.EnrollBatchResponse:
+        """Many enrollments in one fsynced commit; one result per item."""
         gallery = self._ready(context)
         n = _batch_size(
             len(request.items),
@@ -133,6 +154,7 @@ class MatcherNodeService(node_grpc.MatcherNodeServicer):
 
     @sync_errors
     def Delete(self, request: pb.DeleteRequest, context: grpc.ServicerContext) -> pb.DeleteResponse:
+        """A subject and its templates, durably."""
         gallery = self._ready(context)
         tpl.check_subject_id(request.subject_id)
         removed = gallery.delete(request.subject_id)
@@ -142,6 +164,7 @@ class MatcherNodeService(node_grpc.MatcherNodeServicer):
 
     @sync_errors
     def Verify(self, request: pb.VerifyRequest, context: grpc.ServicerContext) -> pb.VerifyResponse:
+        """1:1: the probe's best score against one subject's templates."""
         gallery = self._ready(context)
         tpl.check_subject_id(request.subject_id)
         probe = tpl.decode_probe(request.probe, self.settings.dim)
@@ -190,6 +213,7 @@ class MatcherNodeService(node_grpc.MatcherNodeServicer):
     def Search(
         self, request: node_pb.NodeSearchRequest, context: grpc.ServicerContext
     ) -> node_pb.NodeSearchResponse:
+        """This shard's top-k subjects for one probe (HNSW or exact)."""
         gallery = self._ready(context)
         query = self._query(request, "")
         return self._fill(
@@ -200,6 +224,7 @@ class MatcherNodeService(node_grpc.MatcherNodeServicer):
     def SearchBatch(
         self, request: node_pb.NodeSearchBatchRequest, context: grpc.ServicerContext
     ) -> node_pb.NodeSearchBatchResponse:
+        """Many searches at once; one result per search."""
         gallery = self._ready(context)
         n = _batch_size(
             len(request.searches), self.settings.max_search_batch, "searches", "search", "searches"
@@ -233,6 +258,7 @@ class MatcherNodeService(node_grpc.MatcherNodeServicer):
     def GetSubject(
         self, request: pb.GetSubjectRequest, context: grpc.ServicerContext
     ) -> pb.Subject:
+        """A subject's template count and times."""
         gallery = self._ready(context)
         tpl.check_subject_id(request.subject_id)
         count, created, updated = gallery.subject(request.subject_id)
@@ -248,8 +274,9 @@ class MatcherNodeService(node_grpc.MatcherNodeServicer):
     def Stats(
         self, request: ops_pb.StatsRequest, context: grpc.ServicerContext
     ) -> ops_pb.NodeStats:
+        """This node's row of the operators' Stats (answers while loading too)."""
         gallery = self._gallery
-        base = ops_pb.NodeStats(
+        reply = ops_pb.NodeStats(
             name=self.settings.name,
             address=f"{self.settings.host}:{self.settings.port}",
             serving=gallery is not None and not self._draining.is_set(),
@@ -257,14 +284,14 @@ class MatcherNodeService(node_grpc.MatcherNodeServicer):
             rss_bytes=rss_bytes(),
         )
         if gallery is not None:
-            for key, value in gallery.stats().items():
-                setattr(base, key, value)
-        return base
+            fill_stats(reply, gallery.stats())
+        return reply
 
     @sync_errors
     def Snapshot(
         self, request: node_pb.SnapshotRequest, context: grpc.ServicerContext
     ) -> node_pb.SnapshotResponse:
+        """Write a snapshot of the HNSW index now."""
         gallery = self._ready(context)
         seq, path = gallery.snapshot()
         return node_pb.SnapshotResponse(seq=seq, path=str(path) if path else "")

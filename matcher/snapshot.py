@@ -121,10 +121,10 @@ def read_manifest(path: Path) -> Manifest | None:
         if _sha256(index_path) != manifest.sha256:
             _log.warning("snapshot_bad_checksum", path=str(path))
             return None
-        return manifest
     except (OSError, ValueError, TypeError) as exc:
         _log.warning("snapshot_unreadable", path=str(path), error=str(exc))
         return None
+    return manifest
 
 
 def remove_leftovers(root: Path) -> None:

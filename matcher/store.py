@@ -212,7 +212,8 @@ class Store:
             marks = ",".join("?" * len(part))
             found = dict(
                 reader.execute(
-                    f"SELECT label, vector FROM templates WHERE label IN ({marks})", part
+                    f"SELECT label, vector FROM templates WHERE label IN ({marks})",  # noqa: S608 - only "?" placeholders are formatted in
+                    part,
                 ).fetchall()
             )
             for row, label in enumerate(part, start):

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 NODE_NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _DIGEST_BYTES = 8
+_MAX_PORT = 65535
 
 
 @dataclass(frozen=True)
@@ -35,8 +36,8 @@ def _check_address(address: str, entry: str) -> str:
         raise ValueError(f"node entry {entry!r}: address {address!r} is not host:port")
     if host.startswith("[") != host.endswith("]"):
         raise ValueError(f"node entry {entry!r}: malformed IPv6 host {host!r}")
-    if not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise ValueError(f"node entry {entry!r}: port {port!r} is not a number in 1..65535")
+    if not port.isdigit() or not 1 <= int(port) <= _MAX_PORT:
+        raise ValueError(f"node entry {entry!r}: port {port!r} is not a number in 1..{_MAX_PORT}")
     return address
 
 

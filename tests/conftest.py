@@ -53,9 +53,10 @@ def free_port_run(length: int) -> int:
                 s = socket.socket()
                 s.bind(("127.0.0.1", p))
                 socks.append(s)
-            return base
         except OSError:
             continue
+        else:
+            return base
         finally:
             for s in socks:
                 s.close()

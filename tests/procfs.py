@@ -40,14 +40,15 @@ def _stat(pid: int) -> list[str] | None:
 def children_of(parent: int) -> list[Child]:
     """The live processes whose parent is `parent` (whichever of its threads forked them)."""
     found = []
-    for entry in os.listdir("/proc"):
+    for proc in Path("/proc").iterdir():
+        entry = proc.name
         if not entry.isdigit():
             continue
         stat = _stat(int(entry))
         if stat is None or stat[1] != str(parent) or stat[0] in "ZX":
             continue
         try:
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ")
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ")
         except OSError:
             continue
         found.append(Child(int(entry), int(stat[19]), cmdline.decode(errors="replace")))

@@ -35,7 +35,7 @@ def test_rank1_and_hits() -> None:
     assert rank1_hit_rate(hits) == 0.8
     assert mate_hits(["a", "b"], [None, "b"]).tolist() == [False, True]
     assert math.isnan(rank1_hit_rate([]))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="1 true subjects but 2 results"):
         mate_hits(["a"], ["a", "b"])
 
 
@@ -67,7 +67,7 @@ def test_threshold_at_fpir_is_the_lowest_meeting_the_target() -> None:
     tied = [0.7, 0.7, 0.7, 0.1]
     t = threshold_at_fpir(tied, 0.5)
     assert t > 0.7 and fpir(tied, t) == 0.0
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="no non-mated scores"):
         threshold_at_fpir([], 0.1)
 
 

@@ -53,7 +53,7 @@ def test_choose_ef_picks_the_smallest_width_meeting_the_target() -> None:
     assert (result.ef, result.met, result.exact_hits, result.hnsw_hits) == (56, True, 999, 999)
     assert result.table == {16: 950, 32: 995, 48: 998, 56: 999, 64: 999}
     assert list(result.table) == sorted(result.table)
-    unmet = choose_ef(sources, exact, lambda ef: ["x"] * 1000, [16, 32], 0.999, 1000)
+    unmet = choose_ef(sources, exact, lambda _ef: ["x"] * 1000, [16, 32], 0.999, 1000)
     assert not unmet.met and unmet.ef == 32 and unmet.hit_rate == 0.0
     first = choose_ef(sources, exact, _misses_below(0, sources), [16, 32], 0.999, 1000)
     assert (first.ef, first.table) == (16, {16: 1000})  # nothing below the grid's first
@@ -96,7 +96,7 @@ def test_calibration_meets_target_on_100k(tmp_path: Path, structure: float) -> N
         )
     result = gallery.calibrate(seed=3)
     assert result.met and result.hit_rate >= 0.999 and result.probes == 5000
-    assert gallery.ef == result.ef and gallery.stats()["calibration_met"]
+    assert gallery.ef == result.ef and gallery.stats().calibration_met
     # 5000 fresh mated probes (new captures, not the calibration's) at the chosen
     # ef. An ef chosen on too few probes fails this: on the isotropic gallery ef
     # 128, which 1000 probes can pass, misses about 17 of 5000.

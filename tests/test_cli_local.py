@@ -37,7 +37,7 @@ def test_local_cluster_answers_then_stops_on_ctrl_c_even_with_sigint_ignored(
         stderr=subprocess.STDOUT,
         text=True,
         # A script's background job inherits SIGINT ignored: Ctrl-C must still work.
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),  # noqa: PLW1509  takes no lock
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     assert proc.stdout is not None

@@ -39,7 +39,7 @@ def _enroll(gallery: Gallery, ids: range) -> None:
 
 
 def _index_vectors(gallery: Gallery, labels: np.ndarray) -> np.ndarray:
-    return np.asarray(gallery._index.get_items(labels), dtype=np.float32)
+    return np.asarray(gallery._memory.index.get_items(labels), dtype=np.float32)
 
 
 def test_float16_matrix_halves_memory_and_keeps_answers(tmp_path: Path) -> None:
@@ -82,7 +82,7 @@ def test_int8_matrix_takes_a_quarter_and_keeps_exact_answers(tmp_path: Path) -> 
         score_full, _ = full.verify(subject_id(i), probe)
         score_small, _ = small.verify(subject_id(i), probe)
         assert score_small == pytest.approx(score_full, abs=1e-5)  # float32 rows, not int8
-    small._index.mark_deleted(5)  # an index that lost a live label: the store answers
+    small._memory.index.mark_deleted(5)  # an index that lost a live label: the store answers
     assert small.search(probes[0], 1, -1.0, True)[0].subject_id == subject_id(0)
     assert small.verify(subject_id(5), _MODEL.samples([5], 1)[0])[0] > 0.5
     small.delete(subject_id(0))
@@ -146,13 +146,13 @@ def test_search_batch_spread_over_threads_answers_like_single_searches(
         probes = _MODEL.samples(range(0, _N, 40), 1)  # 50 mated probes: parts of 16 and 17
         queries = [SearchQuery(p, 5, -1.0, False, escalate=False) for p in probes]
         calls: list[tuple[int, int]] = []  # (queries, hnswlib threads) of each knn_query
-        knn = gallery._knn
+        knn = gallery._search._knn
 
         def counted(probes: np.ndarray, k: int, num_threads: int) -> tuple[np.ndarray, np.ndarray]:
             calls.append((len(probes), num_threads))
             return knn(probes, k, num_threads)
 
-        gallery._knn = counted  # type: ignore[method-assign,assignment]
+        gallery._search._knn = counted  # type: ignore[method-assign,assignment]
         batch = gallery.search_many(queries)
         # One part per search thread, each on one hnswlib thread (hnswlib would put
         # a batch of up to 4 x threads queries on one thread by itself).

@@ -684,7 +684,7 @@ class DenyWithoutKey(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         if "x-api-key" in keys or details.method.startswith("/grpc."):
             return await continuation(details)
 
-        async def deny(request: Any, context: Any) -> Any:
+        async def deny(_request: Any, context: Any) -> Any:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "x-api-key missing")
 
         return grpc.unary_unary_rpc_method_handler(deny)

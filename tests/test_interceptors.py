@@ -176,11 +176,11 @@ class Outcome:
 
 
 async def call(
-    gw: Gateway, method: str, request: Any, key: str | None, timeout: float = 5.0
+    gw: Gateway, method: str, request: Any, key: str | None, timeout_s: float = 5.0
 ) -> Outcome:
     metadata = () if key is None else (("authorization", f"Bearer {key}"),)
     try:
-        response = await getattr(gw.stub, method)(request, metadata=metadata, timeout=timeout)
+        response = await getattr(gw.stub, method)(request, metadata=metadata, timeout=timeout_s)
     except grpc.aio.AioRpcError as exc:
         trailing: Any = exc.trailing_metadata() or ()  # grpc.aio.Metadata: (key, value) pairs
         trailers = {k: str(v) for k, v in trailing}
@@ -241,8 +241,8 @@ def serve(
     run(main())
 
 
-async def until(predicate: Callable[[], bool], timeout: float = 3.0) -> None:
-    for _ in range(int(timeout / 0.005)):
+async def until(predicate: Callable[[], bool], timeout_s: float = 3.0) -> None:
+    for _ in range(int(timeout_s / 0.005)):
         if predicate():
             return
         await asyncio.sleep(0.005)
@@ -366,7 +366,7 @@ def test_quota_slot_comes_back_when_the_handler_never_runs() -> None:
             "quotas": {"Verify": {"concurrency": 1}},
         }
     )
-    inner = grpc.unary_unary_rpc_method_handler(lambda request, context: request)
+    inner = grpc.unary_unary_rpc_method_handler(lambda request, _context: request)
     details = SimpleNamespace(method="/tunggal.v1.Matcher/Verify", invocation_metadata=())
 
     async def continuation(_: Any) -> Any:
@@ -446,7 +446,7 @@ def test_call_that_cannot_start_before_its_deadline_is_rejected_at_once(tmp_path
         await until(lambda: len(gw.servicer.ran) == 1)
         loop = asyncio.get_running_loop()
         start = loop.time()
-        late = await call(gw, "Verify", verify("late"), key, timeout=0.5)
+        late = await call(gw, "Verify", verify("late"), key, timeout_s=0.5)
         assert loop.time() - start < 0.3  # rejected, not queued until the deadline
         assert late.code == grpc.StatusCode.UNAVAILABLE
         assert "cannot start within its deadline" in late.details
@@ -472,10 +472,10 @@ def test_call_whose_deadline_passes_in_the_queue_is_not_run(tmp_path: Path) -> N
         key = KEYS["bank-x"]
         busy = asyncio.create_task(call(gw, "Verify", verify("block-1"), key))
         await until(lambda: len(gw.servicer.ran) == 1)
-        late = await call(gw, "Verify", verify("late"), key, timeout=0.2)
+        late = await call(gw, "Verify", verify("late"), key, timeout_s=0.2)
         assert late.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
         # Already expired: the guard (or gRPC itself) refuses it.
-        expired = await call(gw, "Verify", verify("expired"), key, timeout=0.0)
+        expired = await call(gw, "Verify", verify("expired"), key, timeout_s=0.0)
         assert expired.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
         gw.servicer.release.set()
         assert (await busy).code == grpc.StatusCode.OK

@@ -93,9 +93,9 @@ def test_secret_from_environment() -> None:
     assert internal_secret({"TUNGGAL_INTERNAL_SECRET": " abc "}) == "abc"
     assert internal_secret({"TUNGGAL_INTERNAL_SECRET": "  "}) is None
     assert internal_secret({}) is None
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="empty internal secret"):
         InternalAuthServerInterceptor("")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="empty internal secret"):
         InternalAuthClientInterceptor("")
 
 

@@ -21,7 +21,10 @@ pytestmark = pytest.mark.skipif(
 def start_sleeper() -> subprocess.Popen[bytes]:
     """`sleep 60`, bound to this process."""
     return children.spawn(
-        lambda: subprocess.Popen(["sleep", "60"], preexec_fn=children.bound_to_parent())
+        lambda: subprocess.Popen(
+            ["sleep", "60"],  # noqa: S607  any `sleep` on PATH will do
+            preexec_fn=children.bound_to_parent(),  # noqa: PLW1509  the preexec_fn under test
+        )
     )
 
 
@@ -45,10 +48,13 @@ def test_a_child_dies_with_a_parent_killed_by_sigkill() -> None:
     parent = subprocess.Popen(
         [
             sys.executable, "-c",
-            "import time, tunggal_tools.children as c, subprocess\n"
-            "c.spawn(lambda: subprocess.Popen(['sleep', '60'], preexec_fn=c.bound_to_parent()))\n"
-            "print('started', flush=True)\n"
-            "time.sleep(60)\n",
+            (
+                "import time, tunggal_tools.children as c, subprocess\n"
+                "c.spawn(lambda: subprocess.Popen(['sleep', '60'],"
+                " preexec_fn=c.bound_to_parent()))\n"
+                "print('started', flush=True)\n"
+                "time.sleep(60)\n"
+            ),
         ],
         stdout=subprocess.PIPE,
         text=True,

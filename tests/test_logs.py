@@ -202,7 +202,11 @@ def _chain_output(secrets: list[str], log: Any) -> dict[str, Any]:
     return parsed
 
 
-def _fail_with(request: pb.EnrollRequest, key: str, vector: Any) -> None:
+def _fail_with(
+    request: pb.EnrollRequest,
+    key: str,
+    vector: Any,  # noqa: ARG001  a local the traceback must not show
+) -> None:
     data = request.templates[0].data
     raise ValueError(f"cannot store {data!r} for {key}")
 

@@ -76,14 +76,13 @@ def test_inputs_are_not_modified() -> None:
 
 def test_matches_brute_force() -> None:
     rng = random.Random(7)
-    per_shard = []
-    for shard in range(4):
-        per_shard.append(
-            (
-                f"node-{shard}",
-                cands(*((f"s{rng.randrange(200)}", rng.uniform(-1, 1)) for _ in range(50))),
-            )
+    per_shard = [
+        (
+            f"node-{shard}",
+            cands(*((f"s{rng.randrange(200)}", rng.uniform(-1, 1)) for _ in range(50))),
         )
+        for shard in range(4)
+    ]
     merged = merge_candidates(per_shard, k=25)
     best: dict[str, float] = {}
     for _, cs in per_shard:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import platform
 import threading
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 
 from matcher.memtrim import release_free_memory
-from tests.conftest import NodeProcess
+from tests.conftest import NodeProcess, free_port
 from tunggal.node.v1 import node_pb2 as node_pb
 from tunggal.node.v1 import node_pb2_grpc as node_grpc
 from tunggal.ops.v1 import ops_pb2 as ops_pb
@@ -25,9 +26,15 @@ REPLACE = pb.ENROLL_MODE_REPLACE
 
 
 def enroll_req(
-    ident: int, mode: pb.EnrollMode.ValueType = APPEND, request_id: str = "", capture: int = 0
+    ident: int,
+    mode: pb.EnrollMode.ValueType = APPEND,
+    request_id: str = "",
+    capture: int = 0,
+    vec: np.ndarray | None = None,
 ) -> pb.EnrollRequest:
-    vec = MODEL.samples([ident], capture)[0]
+    """One template of identity `ident` (`vec` when already generated)."""
+    if vec is None:
+        vec = MODEL.samples([ident], capture)[0]
     return pb.EnrollRequest(
         subject_id=subject_id(ident),
         templates=[encode_template(vec)],
@@ -38,7 +45,8 @@ def enroll_req(
 
 def enroll_range(stub: node_grpc.MatcherNodeStub, start: int, stop: int) -> None:
     for lo in range(start, stop, 1000):
-        items = [enroll_req(i) for i in range(lo, min(stop, lo + 1000))]
+        ids = range(lo, min(stop, lo + 1000))
+        items = [enroll_req(i, vec=v) for i, v in zip(ids, MODEL.samples(ids, 0), strict=True)]
         reply = stub.EnrollBatch(pb.EnrollBatchRequest(items=items))
         assert all(r.code == 0 for r in reply.results), reply.results[0]
 
@@ -351,7 +359,7 @@ def test_torn_wal_tail_and_corrupt_snapshot_are_survived(tmp_path: Path) -> None
         with (data / "gallery.sqlite-wal").open("ab") as wal:
             wal.write(b"\x37\x7f\x06\x82" + b"\xaa" * 1000)
         # And a corrupt newest snapshot: start-up must not trust it.
-        snap = sorted((data / "snapshots").iterdir())[-1]
+        snap = max((data / "snapshots").iterdir())
         with (snap / "index.bin").open("r+b") as fh:
             fh.seek(100)
             fh.write(b"\xff" * 64)
@@ -366,10 +374,6 @@ def test_torn_wal_tail_and_corrupt_snapshot_are_survived(tmp_path: Path) -> None
 
 
 def test_metrics_endpoint_reports_gallery_and_calls(tmp_path: Path) -> None:
-    import urllib.request
-
-    from tests.conftest import free_port
-
     port = free_port()
     node = NodeProcess(tmp_path / "n", extra=["--metrics-port", str(port)]).start()
     try:
@@ -383,6 +387,7 @@ def test_metrics_endpoint_reports_gallery_and_calls(tmp_path: Path) -> None:
         body = text.decode()
         assert 'tunggal_node_templates{node="node-0"} 50.0' in body
         assert 'tunggal_node_ef_search{node="node-0"}' in body
+        assert 'tunggal_node_calibrated_timestamp_seconds{node="node-0"} 0.0' in body  # too few
         assert (
             'tunggal_node_call_seconds_count{code="OK",method="Search",node="node-0"} 1.0' in body
         )

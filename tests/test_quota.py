@@ -53,9 +53,7 @@ def test_bucket_never_admits_more_than_burst_plus_rate_times_window(
     admitted: list[float] = []
     for dt, attempts in steps:
         clock.advance(dt)
-        for _ in range(attempts):
-            if bucket.try_acquire() is ALLOW:
-                admitted.append(clock.now)
+        admitted.extend(clock.now for _ in range(attempts) if bucket.try_acquire() is ALLOW)
     for i, start in enumerate(admitted):
         for j in range(i, len(admitted)):
             window = admitted[j] - start
@@ -111,7 +109,7 @@ def test_bucket_refund_and_reconfigure() -> None:
     assert bucket.tokens == pytest.approx(5.0)  # never above burst
     bucket.reconfigure(10.0, 2)
     assert bucket.tokens == pytest.approx(2.0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="rate must be > 0"):
         TokenBucket(0.0, 1)
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, Self
 
 import grpc
 import numpy as np
@@ -148,17 +148,19 @@ def bearer(api_key: str) -> list[tuple[str, str]]:
 
 def _as_matrix(templates: npt.ArrayLike, what: str) -> npt.NDArray[np.float32]:
     arr = np.asarray(templates, dtype=np.float32)
-    if arr.ndim == 1:
-        return arr.reshape(1, -1)
-    if arr.ndim != 2:
-        raise ValueError(f"{what} must have shape (n, dim) or (dim,), got {arr.shape}")
-    return arr
+    match arr.shape:
+        case (_,):
+            return arr.reshape(1, -1)
+        case (_, _):
+            return arr
+    raise ValueError(f"{what} must have shape (n, dim) or (dim,), got {arr.shape}")
 
 
 def _as_vector(probe: npt.ArrayLike) -> pb.Template:
     arr = np.asarray(probe, dtype=np.float32)
-    if arr.ndim == 2 and arr.shape[0] == 1:
-        arr = arr[0]
+    match arr.shape:
+        case (1, _):
+            arr = arr[0]
     if arr.ndim != 1:
         raise ValueError(f"probe must have shape (dim,) or (1, dim), got {arr.shape}")
     return encode_template(arr)
@@ -205,7 +207,7 @@ class TunggalClient:
         self._stub = pb_grpc.MatcherStub(self._channel)
         self._ops = ops_grpc.OperationsStub(self._channel)
 
-    def __enter__(self) -> TunggalClient:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(

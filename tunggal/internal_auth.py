@@ -31,7 +31,7 @@ else:
     _UnaryUnaryClient = grpc.aio.UnaryUnaryClientInterceptor
     _UnaryStreamClient = grpc.aio.UnaryStreamClientInterceptor
 
-SECRET_ENV: Final = "TUNGGAL_INTERNAL_SECRET"
+SECRET_ENV: Final = "TUNGGAL_INTERNAL_SECRET"  # noqa: S105  a variable's name, not a secret
 METADATA_KEY: Final = "x-tunggal-internal"
 OPEN_SERVICES: Final = frozenset(
     {
@@ -75,6 +75,7 @@ class InternalAuthClientInterceptor(_UnaryUnaryClient, _UnaryStreamClient):
         client_call_details: grpc.aio.ClientCallDetails,
         request: Any,
     ) -> Any:
+        """Send the unary call with the secret in its metadata."""
         return await continuation(_with_secret(client_call_details, self._secret), request)
 
     async def intercept_unary_stream(
@@ -83,10 +84,11 @@ class InternalAuthClientInterceptor(_UnaryUnaryClient, _UnaryStreamClient):
         client_call_details: grpc.aio.ClientCallDetails,
         request: Any,
     ) -> Any:
+        """Send the server-streaming call with the secret in its metadata."""
         return await continuation(_with_secret(client_call_details, self._secret), request)
 
 
-def _deny(request: Any, context: grpc.ServicerContext) -> None:
+def _deny(_request: Any, context: grpc.ServicerContext) -> None:
     context.abort(grpc.StatusCode.UNAUTHENTICATED, "internal API: gateway credentials required")
 
 
@@ -106,6 +108,7 @@ class InternalAuthServerInterceptor(_ServerInterceptor):
         continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        """Continue a call that carries the secret (or is to health/reflection); deny the rest."""
         service = handler_call_details.method.lstrip("/").partition("/")[0]
         if service in OPEN_SERVICES or self._authorized(handler_call_details.invocation_metadata):
             return continuation(handler_call_details)

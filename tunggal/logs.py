@@ -120,7 +120,8 @@ class Redactor:
         self._secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
         self._names: dict[str, int] = {}
 
-    def __call__(self, logger: WrappedLogger, name: str, event_dict: EventDict) -> EventDict:
+    def __call__(self, _logger: WrappedLogger, _name: str, event_dict: EventDict) -> EventDict:
+        """The event's fields, each redacted by its name and value."""
         return {str(key): self._field(str(key), value) for key, value in event_dict.items()}
 
     def text(self, text: str) -> str:
@@ -143,7 +144,7 @@ class Redactor:
             return REDACTED
         return self._value(value)
 
-    def _value(self, value: Any) -> Any:
+    def _value(self, value: Any) -> Any:  # noqa: PLR0911  one return per kind, fastest first
         kind = type(value)
         if kind is str:
             return self.text(value)
@@ -220,7 +221,7 @@ class _Service:
     def __init__(self, service: str) -> None:
         self._service = service
 
-    def __call__(self, logger: WrappedLogger, name: str, event_dict: EventDict) -> EventDict:
+    def __call__(self, _logger: WrappedLogger, _name: str, event_dict: EventDict) -> EventDict:
         event_dict.setdefault("service", self._service)
         return event_dict
 

@@ -215,10 +215,8 @@ class GatewaySettings(MatchingSettings):
         1,
         ge=1,
         description="SearchBatch calls in flight per node; later searches wait and join. "
-        "1 makes the largest batches: at 100k x 128 over 2 nodes on 2 cores, c=16, it "
-        "served 1.18x the Identify/s of 2 at 0.83x the CPU per call (docs/BENCHMARKS.md, "
-        "bench.cpu_breakdown). 2 lets a node take the next batch before it has answered "
-        "the last (not measured on nodes with more cores).",
+        "1 makes the largest batches and served more Identify/s at less CPU per call than 2 "
+        "on 2-core nodes (docs/BENCHMARKS.md, SearchBatch in flight).",
     )
     # Tenants: who may call what (gateway/tenants.py, docs/tenants.md).
     tenants_file: Path | None = Field(

@@ -106,15 +106,16 @@ class FaceModel:
 
 
 _NIK_PREFIX = "3171"
+_NIK_DIGITS = 16
 
 
 def subject_id(ident: int) -> str:
     """A NIK-shaped subject id for identity number `ident` (16 digits)."""
-    return f"{_NIK_PREFIX}{ident:012d}"
+    return f"{_NIK_PREFIX}{ident:0{_NIK_DIGITS - len(_NIK_PREFIX)}d}"
 
 
 def identity_of(subject: str) -> int:
     """The identity number behind a `subject_id` (ValueError for any other id)."""
-    if len(subject) != 16 or not subject.startswith(_NIK_PREFIX) or not subject.isdigit():
+    if len(subject) != _NIK_DIGITS or not subject.startswith(_NIK_PREFIX) or not subject.isdigit():
         raise ValueError(f"{subject!r} is not a synthetic subject id")
     return int(subject[len(_NIK_PREFIX) :])

@@ -76,12 +76,16 @@ def format_table(report: Report) -> str:
         f"Tunggal 1:N accuracy: {report.subjects:,} enrolled subjects, dim {report.dim}",
         f"  data: {report.source}",
         f"  probes: {first.mated:,} mated, {first.nonmated:,} non-mated",
-        f"  calibrated ef={cal.ef}: HNSW rank-1 mate hits {cal.hnsw_hits}/{cal.exact_hits} "
-        f"of exact's = {cal.hit_rate:.4f} on {cal.probes} probes "
-        f"(target {cal.target}: {'met' if cal.met else 'NOT met'})",
+        (
+            f"  calibrated ef={cal.ef}: HNSW rank-1 mate hits {cal.hnsw_hits}/{cal.exact_hits} "
+            f"of exact's = {cal.hit_rate:.4f} on {cal.probes} probes "
+            f"(target {cal.target}: {'met' if cal.met else 'NOT met'})"
+        ),
         f"  HNSW = Gallery.search at ef={cal.ef}, as a node serves Identify (escalated to exact",
-        f"  search when the best score is within {report.escalate_band} below the verify "
-        f"threshold: {report.escalations} escalations)",
+        (
+            f"  search when the best score is within {report.escalate_band} below the verify "
+            f"threshold: {report.escalations} escalations)"
+        ),
         "",
         lead + "FNIR at the threshold T where FPIR =",
         line(head),

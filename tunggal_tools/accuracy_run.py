@@ -101,10 +101,13 @@ def from_npy(gallery_npy: Path, probes_npy: Path, truth_npy: Path) -> ProbeSet:
     gallery = np.load(gallery_npy)
     probes = np.load(probes_npy)
     truth = np.load(truth_npy)
-    if gallery.ndim != 2 or probes.ndim != 2 or gallery.shape[1] != probes.shape[1]:
-        raise ValueError(
-            f"gallery {gallery.shape} and probes {probes.shape} must be (n, d), (m, d)"
-        )
+    match gallery.shape, probes.shape:
+        case (_, gallery_dim), (_, probe_dim) if gallery_dim == probe_dim:
+            pass
+        case _:
+            raise ValueError(
+                f"gallery {gallery.shape} and probes {probes.shape} must be (n, d), (m, d)"
+            )
     if not np.issubdtype(truth.dtype, np.integer) or truth.shape != (probes.shape[0],):
         raise ValueError(f"probe truth must be ({probes.shape[0]},) integers, got {truth.shape}")
     if ((truth < -1) | (truth >= gallery.shape[0])).any():
@@ -209,7 +212,7 @@ def run(
             hnsw = search_hnsw(gallery, data.probes)
             seconds["hnsw"] = time.monotonic() - t0
             say(f"  {seconds['hnsw']:.1f} s")
-            escalations = int(gallery.stats()["escalations"])
+            escalations = gallery.stats().escalations
         finally:
             gallery.close(snapshot=False)
     same = np.array([a == b for a, b in zip(hnsw.subjects, exact.subjects, strict=True)])

@@ -82,7 +82,7 @@ class _SpawnerThread:
                 continue
             try:
                 future.set_result(job())
-            except BaseException as err:
+            except BaseException as err:  # noqa: BLE001  the job's error, any, is its waiter's
                 future.set_exception(err)
 
     def submit(self, job: Callable[[], T]) -> Future[T]:

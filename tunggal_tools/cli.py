@@ -31,7 +31,7 @@ from tunggal.node.v1 import node_pb2 as node_pb
 from tunggal.node.v1 import node_pb2_grpc as node_grpc
 from tunggal.settings import GatewaySettings
 from tunggal.signals import wait_for
-from tunggal_tools import load
+from tunggal_tools import accuracy, load
 from tunggal_tools.demo import DEMO_KEYS, DEMO_ROLES, DemoClients, seed, show, with_pushback
 from tunggal_tools.localcluster import LocalCluster
 
@@ -85,7 +85,7 @@ class _StopOnSignal:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
 
-    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         if self.stopping:
             return
         self.stopping = True
@@ -206,7 +206,7 @@ def cmd_owner(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_hash_key(args: argparse.Namespace) -> int:
+def cmd_hash_key(_args: argparse.Namespace) -> int:
     """Print the SHA-256 hex of an API key read from stdin (prompt on a terminal)."""
     return tenants_main(["hash-key"])
 
@@ -218,8 +218,6 @@ def cmd_load(args: argparse.Namespace) -> int:
 
 def cmd_accuracy(args: argparse.Namespace) -> int:
     """1:N accuracy report: HNSW vs exact search, FNIR at target FPIRs, DET curve."""
-    from tunggal_tools import accuracy  # numpy-heavy and matplotlib: only when asked
-
     return accuracy.main(args)
 
 
@@ -273,9 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="1:N accuracy of an in-process gallery, HNSW at the calibrated ef vs "
         "exact search (rank-1, FNIR at target FPIRs, DET curve). See tunggal_tools/accuracy.py.",
     )
-    from tunggal_tools.accuracy import add_arguments as accuracy_arguments
-
-    accuracy_arguments(acc)
+    accuracy.add_arguments(acc)
     acc.set_defaults(func=cmd_accuracy)
     return parser
 

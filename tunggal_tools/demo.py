@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import grpc
 import numpy as np
@@ -64,10 +64,11 @@ class DemoClients:
         return cls(client("registry"), client("ops"), client("bank-x"), client("agency"))
 
     def close(self) -> None:
+        """Close the four clients' channels."""
         for client in (self.registry, self.ops, self.bank, self.agency):
             client.close()
 
-    def __enter__(self) -> DemoClients:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(

@@ -56,6 +56,7 @@ LOAD_METHODS: Final = ("Identify", "Verify", "Enroll")
 MAX_TOTAL: Final = 10_000_000
 MAX_DURATION_S: Final = 3600.0
 MAX_CONCURRENCY: Final = 10_000
+MAX_CONNECTIONS: Final = 64
 KEY_ENV: Final = "TUNGGAL_API_KEY"
 _OK: Final = grpc.StatusCode.OK
 _CODES: Final = {code.value[0]: code for code in grpc.StatusCode}
@@ -124,8 +125,8 @@ class LoadConfig:
             raise LoadError("timeout must be > 0")
         if self.subjects < 1 or self.pool < 1:
             raise LoadError("subjects and pool must be >= 1")
-        if not 1 <= self.connections <= 64:
-            raise LoadError("connections must be 1..64")
+        if not 1 <= self.connections <= MAX_CONNECTIONS:
+            raise LoadError(f"connections must be 1..{MAX_CONNECTIONS}")
         if not self.allow_remote and not is_loopback(self.address):
             raise LoadError(
                 f"{self.address} is not a loopback address; pass --allow-remote to load "
@@ -164,6 +165,10 @@ def parse_duration(text: str) -> float:
     return value * scale
 
 
+_NAME_AND_KEY: Final = 2  # the fields of a tenant spec before its numbers
+_TENANT_NUMBERS: Final = 2  # rps and concurrency
+
+
 def parse_tenant(text: str, rps: float, concurrency: int) -> TenantLoad:
     """``name[:key[:rps[:concurrency]]]``; a missing key is the demo key of `name`, if any.
 
@@ -172,7 +177,11 @@ def parse_tenant(text: str, rps: float, concurrency: int) -> TenantLoad:
     parts = text.split(":")
     name = parts[0]
     numbers: list[str] = []
-    while len(parts) > 2 and len(numbers) < 2 and re.fullmatch(r"\d+(\.\d+)?", parts[-1]):
+    while (
+        len(parts) > _NAME_AND_KEY
+        and len(numbers) < _TENANT_NUMBERS
+        and re.fullmatch(r"\d+(\.\d+)?", parts[-1])
+    ):
         numbers.insert(0, parts.pop())
     key: str | None = ":".join(parts[1:]) if len(parts) > 1 else DEMO_KEYS.get(name)
     if key is not None and key.startswith("env:"):
@@ -205,6 +214,7 @@ class Samples:
     unsent: int = 0
 
     def add(self, code: grpc.StatusCode, latency_s: float, lag_s: float, message: str) -> None:
+        """Record one answered call; errors count by code and message (times read "N ms")."""
         self.codes.append(code.value[0])
         self.latency_s.append(latency_s)
         self.lag_s.append(lag_s)
@@ -213,6 +223,7 @@ class Samples:
             self.errors[f"{code.name}: {text}"] += 1
 
     def merge(self, other: Samples) -> None:
+        """Add `other`'s calls to these."""
         self.codes += other.codes
         self.latency_s += other.latency_s
         self.lag_s += other.lag_s
@@ -236,6 +247,7 @@ class LatencyStats:
 
     @classmethod
     def of(cls, seconds: Sequence[float] | np.ndarray[Any, Any]) -> LatencyStats:
+        """The summary of latencies given in `seconds`."""
         arr = np.asarray(seconds, dtype=np.float64) * 1000.0
         if arr.size == 0:
             return cls(0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
@@ -283,6 +295,7 @@ class Summary:
     def of(
         cls, name: str, target_rps: float, concurrency: int, samples: Samples, elapsed_s: float
     ) -> Summary:
+        """Summarise `samples` of a run that took `elapsed_s` (the five commonest errors)."""
         codes = np.asarray(samples.codes, dtype=np.int64)
         latency = np.asarray(samples.latency_s, dtype=np.float64)
         counts = Counter(_CODES.get(int(c), grpc.StatusCode.UNKNOWN).name for c in codes)
@@ -304,6 +317,7 @@ class Summary:
         )
 
     def to_dict(self) -> dict[str, Any]:
+        """The figures as JSON-ready values, rounded, latencies in ms."""
         return {
             "name": self.name,
             "target_rps": self.target_rps,
@@ -341,6 +355,7 @@ class LoadReport:
     tenants: list[Summary]
 
     def to_dict(self) -> dict[str, Any]:
+        """The report as JSON-ready values (`Summary.to_dict` for each part)."""
         return {
             "address": self.address,
             "method": self.method,
@@ -387,8 +402,10 @@ class LoadReport:
         lines += [
             "",
             "Per tenant (latency of OK calls, ms):",
-            f"  {'tenant':<14} {'target/s':>8} {'conc':>5} {'sent':>8} {'ok %':>8} "
-            f"{'rps':>8} {'ok/s':>8} {'p50':>8} {'p90':>8} {'p99':>8} {'lag p99':>8}  codes",
+            (
+                f"  {'tenant':<14} {'target/s':>8} {'conc':>5} {'sent':>8} {'ok %':>8} "
+                f"{'rps':>8} {'ok/s':>8} {'p50':>8} {'p90':>8} {'p99':>8} {'lag p99':>8}  codes"
+            ),
         ]
         for s in self.tenants:
             codes = " ".join(f"{c}={n}" for c, n in s.codes.items())

@@ -24,6 +24,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -188,12 +189,12 @@ class LocalCluster:
                     env=env,
                     cwd=self.code_dir,  # `python -m` imports from its working directory first
                     start_new_session=True,
-                    preexec_fn=children.bound_to_parent(),
+                    preexec_fn=children.bound_to_parent(),  # noqa: PLW1509  fork-safe: prctl
                 )
 
         children.spawn(start)
 
-    def start(self) -> LocalCluster:
+    def start(self) -> Self:
         """Start every node, then the gateway; return when all are SERVING."""
         for spec in self.node_specs:
             self._spawn(spec)
@@ -226,7 +227,7 @@ class LocalCluster:
         _terminate([self.gateway_spec], timeout)
         _terminate(self.node_specs, timeout)
 
-    def __enter__(self) -> LocalCluster:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -1,0 +1,1 @@
+"""Operators' service (tunggal.ops.v1.Operations): generated stubs under v1."""

@@ -1,0 +1,76 @@
+"""A node process calibrates again once growth settles, and Stats says on what and when.
+
+Small gallery, few probes and a short quiet period (environment variables),
+so the node's own maintenance loop makes the decisions within seconds.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from tests.conftest import NodeProcess
+from tunggal.node.v1 import node_pb2_grpc as node_grpc
+from tunggal.ops.v1 import ops_pb2 as ops_pb
+from tunggal.synthetic import FaceModel, subject_id
+from tunggal.templates import encode_template
+from tunggal.v1 import tunggal_pb2 as pb
+
+_MODEL = FaceModel(dim=128)
+
+
+def _enroll(stub: node_grpc.MatcherNodeStub, ids: range) -> None:
+    templates = _MODEL.samples(ids, 0)
+    reply = stub.EnrollBatch(
+        pb.EnrollBatchRequest(
+            items=[
+                pb.EnrollRequest(
+                    subject_id=subject_id(i),
+                    templates=[encode_template(v)],
+                    mode=pb.ENROLL_MODE_APPEND,
+                )
+                for i, v in zip(ids, templates, strict=True)
+            ]
+        )
+    )
+    assert [r.code for r in reply.results] == [0] * len(ids)
+
+
+def _calibrated_on(
+    stub: node_grpc.MatcherNodeStub, templates: int, timeout: float = 30.0
+) -> ops_pb.NodeStats:
+    """Stats once the node's calibration in force was measured on `templates`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        stats = stub.Stats(ops_pb.StatsRequest())
+        if stats.calibrated_templates == templates or time.monotonic() > deadline:
+            return stats
+        time.sleep(0.2)
+
+
+def test_stats_show_a_calibration_on_the_settled_gallery(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TUNGGAL_NODE_CALIBRATION_MIN_TEMPLATES", "500")
+    monkeypatch.setenv("TUNGGAL_NODE_CALIBRATION_PROBES", "100")
+    monkeypatch.setenv("TUNGGAL_NODE_CALIBRATION_QUIET_S", "1")
+    node = NodeProcess(tmp_path / "n").start()
+    try:
+        with grpc.insecure_channel(node.address) as channel:
+            stub = node_grpc.MatcherNodeStub(channel)
+            started = time.time()
+            _enroll(stub, range(600))
+            first = _calibrated_on(stub, 600)
+            assert first.calibrated_templates == 600 and first.calibration_probes == 100
+            assert started <= first.calibrated_at <= time.time()
+            # 600 of 800 (75 %), under the 1.5x growth trigger: measured again once
+            # the size has settled for a second.
+            _enroll(stub, range(600, 800))
+            second = _calibrated_on(stub, 800)
+            assert second.calibrated_templates == 800 == second.templates
+            assert second.calibrated_at > first.calibrated_at
+    finally:
+        node.kill()

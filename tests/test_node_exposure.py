@@ -1,0 +1,118 @@
+"""A node without the internal secret refuses to listen beyond loopback.
+
+Real node processes on --host 0.0.0.0: without TUNGGAL_INTERNAL_SECRET the
+node exits non-zero with one line on stderr; with
+TUNGGAL_NODE_ALLOW_UNPROTECTED_NETWORK=true it serves and logs the risk at
+error level; with the secret it serves and turns strangers away.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from tests.conftest import free_port
+from tunggal.node.v1 import node_pb2_grpc as node_grpc
+from tunggal.ops.v1 import ops_pb2 as ops_pb
+from tunggal_tools.localcluster import wait_serving
+
+_SECRET_ENV = "TUNGGAL_INTERNAL_SECRET"
+_ALLOW_ENV = "TUNGGAL_NODE_ALLOW_UNPROTECTED_NETWORK"
+
+
+class _Node:
+    """A node process on 0.0.0.0 with a given environment; stderr to a file."""
+
+    def __init__(self, tmp_path: Path, env: dict[str, str]) -> None:
+        self.port = free_port()
+        self.stderr_path = tmp_path / "stderr.log"
+        base = {k: v for k, v in os.environ.items() if k not in (_SECRET_ENV, _ALLOW_ENV)}
+        with self.stderr_path.open("wb") as stderr:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable, "-m", "matcher.server", "--host", "0.0.0.0",
+                    "--port", str(self.port), "--data-dir", str(tmp_path / "data"),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+                env={**base, **env},
+            )  # fmt: skip
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stderr_lines(self) -> list[str]:
+        return self.stderr_path.read_text().splitlines()
+
+    def log_events(self) -> list[dict[str, object]]:
+        return [json.loads(line) for line in self.stderr_lines() if line.startswith("{")]
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+
+@pytest.fixture
+def started() -> Iterator[list[_Node]]:
+    """Nodes a test starts; killed at the end."""
+    nodes: list[_Node] = []
+    yield nodes
+    for node in nodes:
+        node.kill()
+
+
+def test_without_the_secret_a_node_refuses_to_listen_beyond_loopback(
+    tmp_path: Path, started: list[_Node]
+) -> None:
+    node = _Node(tmp_path, {})
+    started.append(node)
+    assert node.proc.wait(timeout=60) == 1
+    plain = [line for line in node.stderr_lines() if not line.startswith("{")]
+    assert len(plain) == 1, plain
+    assert plain[0].startswith("tunggal-node: error: refusing to listen on '0.0.0.0'")
+    assert _SECRET_ENV in plain[0] and f"{_ALLOW_ENV}=true" in plain[0]
+    refused = [e for e in node.log_events() if e["event"] == "node_refused_to_start"]
+    assert [e["level"] for e in refused] == ["error"]
+
+
+def test_the_loud_flag_lets_it_serve_and_logs_the_risk(
+    tmp_path: Path, started: list[_Node]
+) -> None:
+    node = _Node(tmp_path, {_ALLOW_ENV: "true"})
+    started.append(node)
+    wait_serving(node.address, 60, node.proc)
+    with grpc.insecure_channel(node.address) as channel:
+        stats = node_grpc.MatcherNodeStub(channel).Stats(ops_pb.StatsRequest(), timeout=10)
+    assert stats.serving
+    warned = [e for e in node.log_events() if e["event"] == "node_unprotected_network"]
+    assert [e["level"] for e in warned] == ["error"]
+    assert "any caller on the network" in str(warned[0]["detail"])
+
+
+def test_with_the_secret_it_serves_beyond_loopback_and_only_the_gateway(
+    tmp_path: Path, started: list[_Node]
+) -> None:
+    node = _Node(tmp_path, {_SECRET_ENV: "s3cret-for-this-test"})
+    started.append(node)
+    wait_serving(node.address, 60, node.proc)
+    with grpc.insecure_channel(node.address) as channel:
+        stub = node_grpc.MatcherNodeStub(channel)
+        with pytest.raises(grpc.RpcError) as denied:
+            stub.Stats(ops_pb.StatsRequest(), timeout=10)
+        assert denied.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        stats = stub.Stats(
+            ops_pb.StatsRequest(),
+            timeout=10,
+            metadata=(("x-tunggal-internal", "s3cret-for-this-test"),),
+        )
+    assert stats.serving
+    assert not [e for e in node.log_events() if e["level"] == "error"]

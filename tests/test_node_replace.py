@@ -1,0 +1,88 @@
+"""A REPLACE is atomic for Verify, through a real node process over gRPC.
+
+One client replaces a subject's templates over and over while others Verify
+it: no Verify may answer NOT_FOUND. tests/test_gallery_replace.py does the
+same on a Gallery in this process.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import numpy as np
+
+from tests.conftest import NodeProcess
+from tunggal.node.v1 import node_pb2_grpc as node_grpc
+from tunggal.synthetic import FaceModel, subject_id
+from tunggal.templates import encode_template
+from tunggal.v1 import tunggal_pb2 as pb
+
+_MODEL = FaceModel(dim=128)
+_REPLACES = 150
+_VERIFIERS = 2
+
+
+def test_verify_over_grpc_never_answers_not_found_during_replaces(node: NodeProcess) -> None:
+    target = subject_id(3)
+    captures = [
+        encode_template(v) for v in np.concatenate([_MODEL.samples([3], c) for c in range(1, 5)])
+    ]
+    probe = pb.Probe(template=encode_template(_MODEL.samples([3], 9)[0]))
+    done = threading.Event()
+    codes: list[grpc.StatusCode] = []
+
+    with grpc.insecure_channel(node.address) as channel:
+        stub = node_grpc.MatcherNodeStub(channel)
+        enrolled = _MODEL.samples(range(200), 0)
+        loaded = stub.EnrollBatch(
+            pb.EnrollBatchRequest(
+                items=[
+                    pb.EnrollRequest(
+                        subject_id=subject_id(i),
+                        templates=[encode_template(v)],
+                        mode=pb.ENROLL_MODE_APPEND,
+                    )
+                    for i, v in enumerate(enrolled)
+                ]
+            )
+        )
+        assert [r.code for r in loaded.results] == [0] * len(enrolled)
+
+        def replacer() -> None:
+            try:
+                for n in range(_REPLACES):
+                    first = n % 3
+                    stub.Enroll(
+                        pb.EnrollRequest(
+                            subject_id=target,
+                            templates=captures[first : first + 1 + n % 2],
+                            mode=pb.ENROLL_MODE_REPLACE,
+                        ),
+                        timeout=10,
+                    )
+            finally:
+                done.set()
+
+        def verifier() -> int:
+            request = pb.VerifyRequest(subject_id=target, probe=probe)
+            answered = 0
+            while not done.is_set():
+                try:
+                    reply = stub.Verify(request, timeout=10)
+                except grpc.RpcError as exc:
+                    codes.append(exc.code())
+                    continue
+                assert reply.templates_compared in (1, 2)
+                answered += 1
+            return answered
+
+        with ThreadPoolExecutor(_VERIFIERS + 1) as pool:
+            verifiers = [pool.submit(verifier) for _ in range(_VERIFIERS)]
+            pool.submit(replacer).result()  # re-raises a thread's failure here
+            answered = sum(v.result() for v in verifiers)
+        final = stub.Verify(pb.VerifyRequest(subject_id=target, probe=probe), timeout=10)
+    assert codes == []  # no NOT_FOUND, nor any other error
+    assert answered >= _REPLACES  # the verifiers really ran alongside
+    assert final.templates_compared == 1 + (_REPLACES - 1) % 2
