@@ -30,6 +30,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from matcher.gallery import Gallery
+from matcher.gallery.calibration import CalibrationStopped
 from matcher.metrics import LatencyInterceptor, NodeMetrics
 from matcher.service import MatcherNodeService
 from tunggal.exposure import UnprotectedBindError, check_exposure
@@ -72,6 +73,7 @@ class NodeServer:
         self.port = self.server.add_insecure_port(f"{settings.host}:{settings.port}")
         self.gallery: Gallery | None = None
         self._stopped = threading.Event()
+        self._stopping = threading.Event()
         self._maintenance = threading.Thread(target=self._maintenance_loop, daemon=True)
 
     def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType) -> None:
@@ -95,11 +97,13 @@ class NodeServer:
         _log.info("node_serving", name=self.settings.name, port=self.port)
 
     def _maintenance_loop(self) -> None:
-        while not self._stopped.wait(1.0):
+        while not self._stopping.wait(1.0):
             gallery = self.gallery
             if gallery is not None:
                 try:
-                    gallery.maintain()
+                    gallery.maintain(stop=self._stopping)
+                except CalibrationStopped:
+                    _log.info("calibration_stopped", detail="the node is stopping; ef unchanged")
                 except Exception:  # noqa: BLE001 - logged; the next pass tries again
                     _log.exception("maintenance_failed")
 
@@ -108,6 +112,7 @@ class NodeServer:
         if self._stopped.is_set():
             return
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        self._stopping.set()  # a calibration in progress gives up: the drain gets the CPU
         self.service.drain()
         self.server.stop(self.settings.grace_s if grace is None else grace).wait()
         self._stopped.set()

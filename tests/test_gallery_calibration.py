@@ -7,10 +7,14 @@ decisions are tested, not the measurement (tests/test_calibration.py).
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from matcher.gallery import EnrollItem, Gallery
+from matcher.gallery.calibration import CalibrationStopped
 from tunggal.settings import NodeSettings
 from tunggal.synthetic import FaceModel, subject_id
 
@@ -75,3 +79,24 @@ def test_calibrates_again_once_growth_settles_on_too_little_of_the_gallery(
         assert reopened.ef == second.ef_search
     finally:
         reopened.close(snapshot=False)
+
+
+def test_a_stopped_calibration_keeps_the_ef_in_force(tmp_path: Path) -> None:
+    settings = NodeSettings(
+        data_dir=tmp_path, initial_capacity=2048, calibration_min_templates=500,
+        calibration_probes=100,
+    )  # fmt: skip
+    gallery = Gallery(settings)
+    try:
+        _enroll(gallery, range(1000))
+        first = gallery.calibrate(seed=1)
+        stop = threading.Event()
+        stop.set()
+        with pytest.raises(CalibrationStopped):
+            gallery.calibrate(seed=2, stop=stop)
+        kept = gallery.stats()
+        assert gallery.ef == first.ef
+        assert kept.calibrated_at == first.calibrated_at
+        assert gallery.calibrate(seed=2, stop=threading.Event()).probes == 100  # unset: runs
+    finally:
+        gallery.close(snapshot=False)

@@ -6,6 +6,8 @@ so the node's own maintenance loop makes the decisions within seconds.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import time
 from pathlib import Path
 
@@ -74,3 +76,52 @@ def test_stats_show_a_calibration_on_the_settled_gallery(
             assert second.calibrated_at > first.calibrated_at
     finally:
         node.kill()
+
+
+def _events(log: Path) -> list[str]:
+    """The `event` of every JSON line of a node's log, in order."""
+    events = []
+    for line in log.read_text().splitlines():
+        with contextlib.suppress(json.JSONDecodeError):
+            events.append(json.loads(line).get("event", ""))
+    return events
+
+
+@pytest.mark.slow
+def test_sigterm_during_a_calibration_stops_it_and_the_node(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Isotropic templates and 20,000 probes: a calibration of many seconds.
+    monkeypatch.setenv("TUNGGAL_NODE_CALIBRATION_MIN_TEMPLATES", "20000")
+    node = NodeProcess(tmp_path / "n").start()
+    try:
+        with grpc.insecure_channel(node.address) as channel:
+            stub = node_grpc.MatcherNodeStub(channel)
+            isotropic = FaceModel(dim=128, structure=0.0)
+            for lo in range(0, 20_000, 2000):
+                ids = range(lo, lo + 2000)
+                reply = stub.EnrollBatch(
+                    pb.EnrollBatchRequest(
+                        items=[
+                            pb.EnrollRequest(
+                                subject_id=subject_id(i),
+                                templates=[encode_template(v)],
+                                mode=pb.ENROLL_MODE_APPEND,
+                            )
+                            for i, v in zip(ids, isotropic.samples(ids, 0), strict=True)
+                        ]
+                    ),
+                    timeout=120,
+                )
+                assert all(r.code == 0 for r in reply.results)
+        deadline = time.monotonic() + 60
+        while "calibration_started" not in _events(node.log) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "calibration_started" in _events(node.log)
+        assert node.stop() == 0
+    finally:
+        node.kill()
+    events = _events(node.log)
+    after = events[events.index("calibration_started") :]
+    assert "calibration_stopped" in after and "calibrated" not in after
+    assert after[-1] == "node_stopped"

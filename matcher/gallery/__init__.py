@@ -157,12 +157,15 @@ class Gallery:
         """Whether to re-calibrate now (`matcher.gallery.calibration`)."""
         return self._calibrator.due()
 
-    def calibrate(self, seed: int | None = None) -> Calibration:
+    def calibrate(
+        self, seed: int | None = None, stop: threading.Event | None = None
+    ) -> Calibration:
         """Measure HNSW against exact search on probes from the gallery; adopt the ef.
 
-        Live searches go on meanwhile (with the previous ef).
+        Live searches go on meanwhile (with the previous ef); setting `stop`
+        abandons it (CalibrationStopped) and keeps the previous ef.
         """
-        return self._calibrator.calibrate(seed)
+        return self._calibrator.calibrate(seed, stop)
 
     def snapshot_due(self) -> bool:
         """Whether enough changed, or enough time passed with changes, to snapshot."""
@@ -173,14 +176,15 @@ class Gallery:
         with self._write_mutex:
             return self._snapshots.write()
 
-    def maintain(self) -> None:
-        """Periodic work: snapshot and re-calibrate when due."""
+    def maintain(self, stop: threading.Event | None = None) -> None:
+        """Periodic work: snapshot and re-calibrate when due (`stop` abandons a
+        calibration, see `calibrate`)."""
         worked = False
         if self.snapshot_due():
             self.snapshot()
             worked = True
         if self.calibration_due():
-            self.calibrate()
+            self.calibrate(stop=stop)
             worked = True
         if worked:
             release_free_memory()  # their temporary buffers

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import threading
 import time
 
 import numpy as np
@@ -32,6 +33,12 @@ SETTLED_CHANGE = 0.01
 """A gallery whose size moved by at most this fraction has settled: a trickle
 of enrollments does not keep it unsettled, a bulk load does."""
 _META_KEY = "calibration"
+_EXACT_CHUNK = 1000
+"""Probes per exact-search call while measuring (a stop is noticed between calls)."""
+
+
+class CalibrationStopped(Exception):
+    """A calibration gave up because its process is stopping; the previous ef stays."""
 
 
 class Calibrator:
@@ -78,22 +85,35 @@ class Calibrator:
         settled = now - self._settled_since >= settings.calibration_quiet_s
         return settled and last.templates < settings.calibration_coverage * alive
 
-    def calibrate(self, seed: int | None = None) -> Calibration:
+    def calibrate(
+        self, seed: int | None = None, stop: threading.Event | None = None
+    ) -> Calibration:
         """Measure HNSW against exact search on probes from the gallery; adopt the ef.
 
-        Live searches go on meanwhile (with the previous ef).
+        Live searches go on meanwhile (with the previous ef). When `stop` is set
+        it gives up between two chunks of probes (CalibrationStopped), so a
+        stopping node is not held for the minutes a large gallery takes.
         """
         started = time.monotonic()
         settings = self._settings
         memory = self._memory
         rng = np.random.default_rng(seed)
+
+        def check_stop() -> None:
+            if stop is not None and stop.is_set():
+                raise CalibrationStopped("the node is stopping")
+
         with memory.lock.shared():
             live = memory.live_labels()
             pick = rng.choice(live, size=min(settings.calibration_probes, len(live)), replace=False)
             sources = memory.owners.names(pick)
             probes = make_probes(memory.matrix.rows(pick), settings.calibration_genuine, rng)
-            exact_labels, _ = memory.matrix.search(probes, 1)
-            exact_top = memory.owners.names(exact_labels[:, 0])
+            _log.info("calibration_started", templates=memory.alive, probes=len(probes))
+            exact_top: list[str] = []
+            for lo in range(0, len(probes), _EXACT_CHUNK):
+                check_stop()
+                exact_labels, _ = memory.matrix.search(probes[lo : lo + _EXACT_CHUNK], 1)
+                exact_top.extend(memory.owners.names(exact_labels[:, 0]))
             templates = memory.alive
 
         def hnsw_top(ef: int) -> list[str]:
@@ -101,6 +121,7 @@ class Calibrator:
             with memory.lock.shared():
                 k = min(memory.alive, ef)
                 for lo in range(0, len(probes), _CHUNK):
+                    check_stop()
                     chunk = probes[lo : lo + _CHUNK]
                     found, _ = knn(memory.index, chunk, k, settings.index_threads)
                     best = found[:, 0] if found.shape[1] else np.full(len(chunk), -1)
