@@ -81,6 +81,7 @@ def test_refinements_step_by_an_eighth_of_the_short_width() -> None:
     assert refinements(16, 24) == []
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("structure", [0.0, 0.7], ids=["isotropic", "structured"])
 def test_calibration_meets_target_on_100k(tmp_path: Path, structure: float) -> None:

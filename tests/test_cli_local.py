@@ -13,6 +13,8 @@ import pytest
 
 from tests.conftest import free_port_run
 
+pytestmark = pytest.mark.cluster  # starts real Tunggal processes
+
 
 def _log_tails(log_dir: Path, lines: int = 15) -> str:
     """The last lines of every cluster process's log, for a failure message."""

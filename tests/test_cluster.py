@@ -18,6 +18,8 @@ from tunggal.synthetic import FaceModel, subject_id
 from tunggal_tools.cli import main
 from tunggal_tools.localcluster import LocalCluster
 
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]  # 20,000 subjects, restarts, kill -9
+
 MODEL = FaceModel(dim=128, structure=0.7)
 N = 20_000
 PROBES = 500

@@ -31,6 +31,8 @@ from tunggal.synthetic import subject_id
 from tunggal_tools.demo import DEMO_KEYS, DEMO_MODEL, seed
 from tunggal_tools.localcluster import DEMO_TENANTS_FILE, LocalCluster, wait_serving
 
+pytestmark = pytest.mark.cluster  # starts real Tunggal processes
+
 ROOT = Path(__file__).resolve().parent.parent
 SUBJECTS = 300
 NEW_KEY = "key-of-a-tenant-added-at-runtime"

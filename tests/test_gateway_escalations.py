@@ -31,6 +31,8 @@ from tunggal.ops.v1 import ops_pb2 as ops_pb
 from tunggal.ops.v1 import ops_pb2_grpc as ops_grpc
 from tunggal_tools.localcluster import wait_serving
 
+pytestmark = pytest.mark.cluster  # starts real Tunggal processes
+
 ROOT = Path(__file__).resolve().parent.parent
 CALLS = "tunggal_gateway_identify_calls_total"
 ESCALATIONS = "tunggal_gateway_identify_escalations_total"

@@ -23,6 +23,8 @@ from tests.conftest import free_port
 from tunggal.client import TunggalClient
 from tunggal_tools.localcluster import wait_serving
 
+pytestmark = pytest.mark.cluster  # starts real Tunggal processes
+
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_TENANTS = ROOT / "deploy" / "tenants.demo.toml"
 ALLOW = "TUNGGAL_GATEWAY_ALLOW_UNPROTECTED_NETWORK"

@@ -13,9 +13,12 @@ import pytest
 from tests.procfs import Child, children_of, wait_gone
 from tunggal_tools import children
 
-pytestmark = pytest.mark.skipif(
-    not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux only"
-)
+pytestmark = [
+    pytest.mark.cluster,
+    pytest.mark.skipif(
+        not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux only"
+    ),
+]
 
 
 def start_sleeper() -> subprocess.Popen[bytes]:

@@ -23,7 +23,10 @@ from tests.conftest import free_port_run
 from tests.procfs import Child, children_of, port_free, wait_gone
 from tunggal.settings import GatewaySettings, NodeSettings
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+pytestmark = [
+    pytest.mark.cluster,
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc"),
+]
 
 SEEDING = b"enrolling demo gallery:"
 """What `tunggal local` writes while it seeds (a progress line ended by \\r, not \\n)."""

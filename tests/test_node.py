@@ -20,6 +20,8 @@ from tunggal.synthetic import FaceModel, subject_id
 from tunggal.templates import encode_template
 from tunggal.v1 import tunggal_pb2 as pb
 
+pytestmark = pytest.mark.cluster  # starts real Tunggal processes
+
 MODEL = FaceModel(dim=128)
 APPEND = pb.ENROLL_MODE_APPEND
 REPLACE = pb.ENROLL_MODE_REPLACE
@@ -291,6 +293,7 @@ def test_restart_keeps_everything(tmp_path: Path) -> None:
         node.kill()
 
 
+@pytest.mark.slow
 def test_kill_9_during_enrolls_loses_no_acknowledged_template(tmp_path: Path) -> None:
     node = NodeProcess(tmp_path / "n").start()
     acked: list[int] = []

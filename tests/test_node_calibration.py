@@ -21,6 +21,8 @@ from tunggal.synthetic import FaceModel, subject_id
 from tunggal.templates import encode_template
 from tunggal.v1 import tunggal_pb2 as pb
 
+pytestmark = pytest.mark.cluster  # starts real Tunggal processes
+
 _MODEL = FaceModel(dim=128)
 
 

@@ -23,6 +23,8 @@ from tunggal.node.v1 import node_pb2_grpc as node_grpc
 from tunggal.ops.v1 import ops_pb2 as ops_pb
 from tunggal_tools.localcluster import wait_serving
 
+pytestmark = pytest.mark.cluster  # starts real Tunggal processes
+
 _SECRET_ENV = "TUNGGAL_INTERNAL_SECRET"
 _ALLOW_ENV = "TUNGGAL_NODE_ALLOW_UNPROTECTED_NETWORK"
 

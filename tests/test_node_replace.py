@@ -12,12 +12,15 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import numpy as np
+import pytest
 
 from tests.conftest import NodeProcess
 from tunggal.node.v1 import node_pb2_grpc as node_grpc
 from tunggal.synthetic import FaceModel, subject_id
 from tunggal.templates import encode_template
 from tunggal.v1 import tunggal_pb2 as pb
+
+pytestmark = pytest.mark.cluster  # starts real Tunggal processes
 
 _MODEL = FaceModel(dim=128)
 _REPLACES = 150
