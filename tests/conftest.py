@@ -6,7 +6,7 @@ import io
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import grpc
@@ -15,6 +15,9 @@ import structlog
 
 from tunggal.client import bearer
 from tunggal.node.v1 import node_pb2_grpc as node_grpc
+from tunggal.synthetic import FaceModel, subject_id
+from tunggal.templates import encode_template
+from tunggal.v1 import tunggal_pb2 as pb
 from tunggal_tools.localcluster import LocalCluster, wait_serving
 
 TEST_TENANTS = Path(__file__).resolve().parent / "tenants.test.toml"
@@ -61,6 +64,28 @@ def free_port_run(length: int) -> int:
             for s in socks:
                 s.close()
     raise RuntimeError("no run of free ports found")
+
+
+def enroll_on_node(
+    stub: node_grpc.MatcherNodeStub, ids: Sequence[int], model: FaceModel, capture: int = 0
+) -> None:
+    """EnrollBatch identities `ids` (one template each, capture `capture` of
+    `model`) straight into a node; asserts every item was enrolled."""
+    templates = model.samples(ids, capture)
+    reply = stub.EnrollBatch(
+        pb.EnrollBatchRequest(
+            items=[
+                pb.EnrollRequest(
+                    subject_id=subject_id(i),
+                    templates=[encode_template(v)],
+                    mode=pb.ENROLL_MODE_APPEND,
+                )
+                for i, v in zip(ids, templates, strict=True)
+            ]
+        ),
+        timeout=120,
+    )
+    assert [r.code for r in reply.results] == [0] * len(ids)
 
 
 class NodeProcess:

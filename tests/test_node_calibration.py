@@ -14,33 +14,14 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.conftest import NodeProcess
+from tests.conftest import NodeProcess, enroll_on_node
 from tunggal.node.v1 import node_pb2_grpc as node_grpc
 from tunggal.ops.v1 import ops_pb2 as ops_pb
-from tunggal.synthetic import FaceModel, subject_id
-from tunggal.templates import encode_template
-from tunggal.v1 import tunggal_pb2 as pb
+from tunggal.synthetic import FaceModel
 
 pytestmark = pytest.mark.cluster  # starts real Tunggal processes
 
 _MODEL = FaceModel(dim=128)
-
-
-def _enroll(stub: node_grpc.MatcherNodeStub, ids: range) -> None:
-    templates = _MODEL.samples(ids, 0)
-    reply = stub.EnrollBatch(
-        pb.EnrollBatchRequest(
-            items=[
-                pb.EnrollRequest(
-                    subject_id=subject_id(i),
-                    templates=[encode_template(v)],
-                    mode=pb.ENROLL_MODE_APPEND,
-                )
-                for i, v in zip(ids, templates, strict=True)
-            ]
-        )
-    )
-    assert [r.code for r in reply.results] == [0] * len(ids)
 
 
 def _calibrated_on(
@@ -66,13 +47,13 @@ def test_stats_show_a_calibration_on_the_settled_gallery(
         with grpc.insecure_channel(node.address) as channel:
             stub = node_grpc.MatcherNodeStub(channel)
             started = time.time()
-            _enroll(stub, range(600))
+            enroll_on_node(stub, range(600), _MODEL)
             first = _calibrated_on(stub, 600)
             assert first.calibrated_templates == 600 and first.calibration_probes == 100
             assert started <= first.calibrated_at <= time.time()
             # 600 of 800 (75 %), under the 1.5x growth trigger: measured again once
             # the size has settled for a second.
-            _enroll(stub, range(600, 800))
+            enroll_on_node(stub, range(600, 800), _MODEL)
             second = _calibrated_on(stub, 800)
             assert second.calibrated_templates == 800 == second.templates
             assert second.calibrated_at > first.calibrated_at
@@ -101,21 +82,7 @@ def test_sigterm_during_a_calibration_stops_it_and_the_node(
             stub = node_grpc.MatcherNodeStub(channel)
             isotropic = FaceModel(dim=128, structure=0.0)
             for lo in range(0, 20_000, 2000):
-                ids = range(lo, lo + 2000)
-                reply = stub.EnrollBatch(
-                    pb.EnrollBatchRequest(
-                        items=[
-                            pb.EnrollRequest(
-                                subject_id=subject_id(i),
-                                templates=[encode_template(v)],
-                                mode=pb.ENROLL_MODE_APPEND,
-                            )
-                            for i, v in zip(ids, isotropic.samples(ids, 0), strict=True)
-                        ]
-                    ),
-                    timeout=120,
-                )
-                assert all(r.code == 0 for r in reply.results)
+                enroll_on_node(stub, range(lo, lo + 2000), isotropic)
         deadline = time.monotonic() + 60
         while "calibration_started" not in _events(node.log) and time.monotonic() < deadline:
             time.sleep(0.05)

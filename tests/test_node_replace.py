@@ -14,7 +14,7 @@ import grpc
 import numpy as np
 import pytest
 
-from tests.conftest import NodeProcess
+from tests.conftest import NodeProcess, enroll_on_node
 from tunggal.node.v1 import node_pb2_grpc as node_grpc
 from tunggal.synthetic import FaceModel, subject_id
 from tunggal.templates import encode_template
@@ -38,20 +38,7 @@ def test_verify_over_grpc_never_answers_not_found_during_replaces(node: NodeProc
 
     with grpc.insecure_channel(node.address) as channel:
         stub = node_grpc.MatcherNodeStub(channel)
-        enrolled = _MODEL.samples(range(200), 0)
-        loaded = stub.EnrollBatch(
-            pb.EnrollBatchRequest(
-                items=[
-                    pb.EnrollRequest(
-                        subject_id=subject_id(i),
-                        templates=[encode_template(v)],
-                        mode=pb.ENROLL_MODE_APPEND,
-                    )
-                    for i, v in enumerate(enrolled)
-                ]
-            )
-        )
-        assert [r.code for r in loaded.results] == [0] * len(enrolled)
+        enroll_on_node(stub, range(200), _MODEL)
 
         def replacer() -> None:
             try:
