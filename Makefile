@@ -49,9 +49,10 @@ proto: $(STAMP)
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=. --grpc_python_out=. \
 		--mypy_out=. --mypy_grpc_out=. $(PROTO)
 
-## bench: benchmarks (not in CI); results are appended to docs/BENCHMARKS.md
+## bench: benchmarks (not in CI); runs are appended to docs/benchmarks/<UTC day>.md, targets and current figures in docs/BENCHMARKS.md
 bench: $(STAMP)
 	$(BIN)/python -m bench.identify
+	$(BIN)/python -m bench.memory
 	$(BIN)/python -m bench.exact
 	$(BIN)/python -m bench.sharding
 	$(BIN)/python -m bench.exact_int8

@@ -16,8 +16,8 @@ sizes 1 and 256 for:
   often its top-1 equals exact's top-1;
 
 and the bytes the matrix adds (float32 vs float16). Every timing is the median
-of --repeats runs. Results are appended to docs/BENCHMARKS.md as a dated
-section (other sections are left alone) unless --no-write.
+of --repeats runs. Results are appended to the day's run file under
+docs/benchmarks/ as a dated section unless --no-write.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ import numpy.typing as npt
 import onnxruntime as ort
 
 from bench.reference import add_cache_option, cache_path, calibrated_ef, raw_hnsw
-from bench.report import BENCHMARKS, append, now
+from bench.report import append, now
 from bench.report import machine as machine_line
 from matcher.exact import ExactMatrix, FloatMatrix, Labels, numpy_topk
 from matcher.onnx_topk import resolve_providers
@@ -344,7 +344,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--block-rows", type=int, default=65_536)
     p.add_argument("--threads", type=int, default=0, help="0: library defaults")
-    p.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md")
+    p.add_argument(
+        "--no-write", action="store_true", help="print only; leave docs/benchmarks/ alone"
+    )
     add_cache_option(p)
     args = p.parse_args(argv)
     if args.hnsw_sizes is None:
@@ -367,8 +369,7 @@ def main(argv: list[str] | None = None) -> None:
     section = report(args, cases)
     print("\n" + section)
     if not args.no_write:
-        append(section)
-        log(f"appended to {BENCHMARKS}")
+        log(f"appended to {append(section)}")
 
 
 if __name__ == "__main__":

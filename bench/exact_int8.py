@@ -14,7 +14,7 @@ are searched three ways, each at batch 1 and 256:
 
 reporting probes/s (medians of --repeats interleaved runs), how often the two
 answers are identical (label for label), and each matrix's bytes. Appends to
-docs/BENCHMARKS.md unless --no-write.
+the day's run file under docs/benchmarks/ unless --no-write.
 """
 
 from __future__ import annotations

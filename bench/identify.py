@@ -9,7 +9,9 @@ case) it:
      gallery through the gateway (EnrollBatch), waits for the nodes to
      calibrate, and measures identify and verify latency/QPS at concurrency
      1 and 16 (median of --runs runs) and the rank-1 hit rate vs exact;
-  3. restarts the cluster (snapshot load) and reads the nodes' memory at rest;
+  3. restarts the cluster (snapshot load) and reads the nodes' memory at rest,
+     then after --mix-rounds rounds of bench.memory's steady mix (Identify on
+     HNSW and exact=true, Verify, Enroll) through the gateway: steady;
   4. builds (or loads from --cache) raw hnswlib over the whole gallery in this
      process with the nodes' M and ef_construction, and runs the same queries
      from as many client threads as the gateway has calls in flight, at the
@@ -20,7 +22,7 @@ case) it:
      `tunggal load`'s grpc.aio generator (one event loop, the way ghz loads
      a server), and again from the sync `TunggalClient` in threads, whose
      client CPU shares these 2 cores with the gateway and the nodes.
-Results are printed and appended to docs/BENCHMARKS.md.
+Results are printed and appended to the day's run file under docs/benchmarks/.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ import hnswlib
 import numpy as np
 import numpy.typing as npt
 
+from bench.memory import mix_requests, steady_mix
 from bench.reference import (
     add_cache_option,
     cache_path,
@@ -296,6 +299,16 @@ def run_case(args: argparse.Namespace, name: str, structure: float, n: int) -> C
         try:
             with TunggalClient(cluster.address, timeout=120, metadata=bearer(key)) as client:
                 rest = client.stats()
+                if args.mix_rounds:
+                    log(f"{name}: the steady mix, then memory again")
+                    mix, mix_calls = steady_mix(
+                        client,
+                        cluster.address,
+                        key,
+                        mix_requests(model, n),
+                        args.mix_rounds,
+                        args.mix_s,
+                    )
         finally:
             cluster.stop()
     node_rss = sum(s.rss_bytes for s in rest) - empty_rss
@@ -358,6 +371,15 @@ def run_case(args: argparse.Namespace, name: str, structure: float, n: int) -> C
         f"{node_index_side:.0f} (**{node_index_side / raw_bytes:.2f}x** hnswlib); "
         f"HNSW index file {index_bytes / n:.0f}, exact matrix rows {matrix_bytes / n:.0f}"
     )
+    if args.mix_rounds:
+        steady = (mix[-1].rss - empty_rss) / mix[-1].templates
+        case.rows[
+            f"memory B/template: nodes steady (RSS after {args.mix_rounds} x {args.mix_s:g} s of "
+            "bench.memory's mix with exact Identify, less empty nodes')"
+        ] = f"{steady:.0f} (**{steady / raw_bytes:.2f}x** hnswlib); by round: " + ", ".join(
+            f"{(m.rss - empty_rss) / m.templates:.0f}" for m in mix
+        )
+        case.rows["steady mix calls"] = "; ".join(f"{k} {v}" for k, v in mix_calls.items())
     for k, v in case.rows.items():
         log(f"  {k}: {v}")
     return case
@@ -403,6 +425,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
     p.add_argument("--port", type=int, default=47051)
+    p.add_argument(
+        "--mix-rounds", type=int, default=3, help="rounds of the steady mix after the restart"
+    )
+    p.add_argument("--mix-s", type=float, default=20.0, help="seconds per round of the mix")
     p.add_argument("--no-write", action="store_true")
     add_cache_option(p)
     args = p.parse_args(argv)

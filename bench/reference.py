@@ -107,6 +107,14 @@ def cache_path(value: str) -> Path | None:
     return Path(value) if value else None
 
 
+def raw_index_file(cache: Path, structure: float, n: int, dim: int) -> Path:
+    """Where `raw_hnsw` keeps the raw index of `n` FaceModel templates (its build
+    time and memory beside it, same name, .json): the name holds size, dim,
+    structure and the nodes' M and ef_construction."""
+    d = NodeSettings()
+    return cache / f"raw-s{structure}-{n}-d{dim}-M{d.hnsw_m}-efc{d.ef_construction}.bin"
+
+
 def raw_hnsw(
     gallery: FloatMatrix,
     structure: float,
@@ -124,10 +132,10 @@ def raw_hnsw(
     bench.identify and bench.exact share entries."""
     d = NodeSettings()
     n, dim = gallery.shape
-    name = f"raw-s{structure}-{n}-d{dim}-M{d.hnsw_m}-efc{d.ef_construction}"
     index = hnswlib.Index(space="cosine", dim=dim)
     if cache is not None:
-        path, meta_path = cache / f"{name}.bin", cache / f"{name}.json"
+        path = raw_index_file(cache, structure, n, dim)
+        meta_path = path.with_suffix(".json")
         if path.exists() and meta_path.exists():
             index.load_index(str(path), max_elements=n)
             meta = json.loads(meta_path.read_text())

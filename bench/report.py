@@ -1,14 +1,26 @@
-"""Shared helpers of the benchmarks: machine description, medians, the report file."""
+"""Shared helpers of the benchmarks: machine description, process figures, the record.
+
+The record: every run is a section appended to the file of its UTC day,
+docs/benchmarks/YYYY-MM-DD.md; docs/BENCHMARKS.md holds the targets with their
+current figures (edited by hand when a run moves one) and ends with the list of
+run files, which `append` extends when it starts a new day.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import os
 import platform
+import re
 import time
 from pathlib import Path
 
-BENCHMARKS = Path(__file__).resolve().parent.parent / "docs" / "BENCHMARKS.md"
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+BENCHMARKS = DOCS / "BENCHMARKS.md"
+"""The summary page: targets, current figures and the runs they come from, run files."""
+RUNS = DOCS / "benchmarks"
+"""One file of runs per UTC day."""
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
 def machine() -> str:
@@ -53,12 +65,31 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def append(section: str, path: Path = BENCHMARKS) -> None:
-    """Append a markdown section to docs/BENCHMARKS.md (created if missing)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def run_file(section: str, runs: Path = RUNS) -> Path:
+    """The day file a section belongs in: the date in its heading (its first
+    line), else today's (UTC)."""
+    found = _DATE.search(section.lstrip().split("\n", 1)[0])
+    day = found.group(0) if found else dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
+    return runs / f"{day}.md"
+
+
+def append(section: str, runs: Path = RUNS, summary: Path = BENCHMARKS) -> Path:
+    """Append a run's markdown section to its day file under `runs` and return
+    that file. A new day file starts with a title, and a link to it is added at
+    the end of `summary` (whose last section lists the run files). The targets
+    at the top of `summary` are not touched: whoever reads the run updates them."""
+    path = run_file(section, runs)
     if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(
-            "# Benchmarks\n\nEach section is one run, appended by a script in bench/.\n"
+            f"# Benchmark runs of {path.stem}\n\n"
+            "Each section is one run, appended by a script in bench/, or a reading of runs. "
+            f"Targets and current figures: [BENCHMARKS.md](../{summary.name}).\n"
         )
+        link = f"- [{path.stem}]({runs.name}/{path.name})"
+        text = summary.read_text() if summary.exists() else "# Benchmarks\n\n## Runs\n\n"
+        if link not in text.splitlines():
+            summary.write_text(text.rstrip("\n") + "\n" + link + "\n")
     with path.open("a") as fh:
         fh.write("\n" + section.rstrip() + "\n")
+    return path

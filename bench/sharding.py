@@ -26,7 +26,7 @@ turns within each round:
 
 ideal/raw is the most that any gateway over these shards can reach on this
 machine at equal accuracy; gateway/ideal is what the RPC path keeps of it.
-Appends its figures to docs/BENCHMARKS.md unless --no-write.
+Appends its figures to the day's run file under docs/benchmarks/ unless --no-write.
 """
 
 from __future__ import annotations
