@@ -1,0 +1,1 @@
+"""Benchmarks of a Tunggal cluster: `python -m bench.<name> --help`; runs go to docs/benchmarks/."""

@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -32,13 +34,15 @@ from pathlib import Path
 import numpy as np
 
 from bench.identify import settled_stats
-from bench.report import append, cpu_seconds, log, machine, now
+from bench.report import command_line, cpu_seconds, log, machine, now, publish
 from tunggal.client import TunggalClient, bearer
 from tunggal.synthetic import FaceModel, subject_id
 from tunggal_tools.localcluster import LocalCluster, write_all_methods_tenants
 
 _K = 10
 KEY = "bench-cpu-breakdown-key"
+DATA_DIR = Path(tempfile.gettempdir()) / "tunggal-bench-cpu"
+"""Default --data-dir: the stored gallery, kept between runs (bench.sharding reads it too)."""
 _PROCESSES = ("gateway", "node-0", "node-1", "client")
 
 
@@ -154,9 +158,12 @@ def measure(
 
 def checkout_commit(checkout: Path) -> str:
     """`git describe`-like name of a checkout's HEAD (its short hash)."""
+    git = shutil.which("git")
+    if git is None:
+        return str(checkout)
     try:
         out = subprocess.run(
-            ["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"],
+            [git, "-C", str(checkout), "rev-parse", "--short", "HEAD"],
             capture_output=True,
             text=True,
             check=True,
@@ -169,16 +176,19 @@ def checkout_commit(checkout: Path) -> str:
 def render(
     args: argparse.Namespace, variants: list[Variant], rounds: dict[str, list[Round]]
 ) -> str:
+    """The run as a markdown section: one row per variant, medians over the rounds."""
     ref = variants[0].name
     lines = [
         f"## Where an Identify's CPU goes — {now()}",
         "",
-        f"Machine: {machine()}. `python -m bench.cpu_breakdown` — gateway + 2 matcher nodes "
-        f"as processes on 127.0.0.1, {args.subjects:,} structured subjects (structure 0.7, "
-        f"dim 128), Identify k={_K}, {args.queries} mated probes from {args.concurrency} client "
-        f"threads (sync `TunggalClient`, in this process, counted as 'client'); CPU from "
-        f"/proc/<pid>/stat around the calls; medians of {args.runs} rounds in which the "
-        f"variants take turns; ratios to **{ref}** are taken within a round, then the median.",
+        (
+            f"Machine: {machine()}. `python -m bench.cpu_breakdown` — gateway + 2 matcher nodes "
+            f"as processes on 127.0.0.1, {args.subjects:,} structured subjects (structure 0.7, "
+            f"dim 128), Identify k={_K}, {args.queries} mated probes from {args.concurrency} "
+            f"client threads (sync `TunggalClient`, in this process, counted as 'client'); CPU "
+            f"from /proc/<pid>/stat around the calls; medians of {args.runs} rounds in which the "
+            f"variants take turns; ratios to **{ref}** are taken within a round, then the median."
+        ),
         "",
         "| variant | environment | QPS | p50 / p99 ms | rank-1 hits | CPU µs per Identify: "
         + " / ".join(_PROCESSES)
@@ -208,9 +218,8 @@ def render(
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    """Run the benchmark (module docstring) with the arguments `argv`."""
+    p = command_line(__doc__)
     p.add_argument("--subjects", type=int, default=100_000)
     p.add_argument("--queries", type=int, default=2000)
     p.add_argument("--concurrency", type=int, default=16)
@@ -224,8 +233,7 @@ def main(argv: list[str] | None = None) -> None:
         "the defaults); @checkout runs that checkout's code (e.g. a git worktree of an older "
         "commit) over the same stored gallery",
     )
-    p.add_argument("--data-dir", default="/tmp/tunggal-bench-cpu", help="the stored gallery")
-    p.add_argument("--no-write", action="store_true")
+    p.add_argument("--data-dir", default=str(DATA_DIR), help="the stored gallery")
     args = p.parse_args(argv)
     variants: list[Variant] = args.variant or [Variant("defaults", {})]
     model = FaceModel(dim=128, structure=0.7)
@@ -241,9 +249,7 @@ def main(argv: list[str] | None = None) -> None:
             rounds[v.name].append(got)
             log(f"round {r + 1} {v.name}: {got.qps:,.0f} QPS, {got.total_us:,.0f} µs CPU/Identify")
     text = render(args, variants, rounds)
-    print(text)
-    if not args.no_write:
-        append(text)
+    publish(text, write=not args.no_write)
 
 
 if __name__ == "__main__":

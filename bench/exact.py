@@ -37,7 +37,7 @@ import numpy.typing as npt
 import onnxruntime as ort
 
 from bench.reference import add_cache_option, cache_path, calibrated_ef, raw_hnsw
-from bench.report import append, now
+from bench.report import append, command_line, now
 from bench.report import machine as machine_line
 from matcher.exact import ExactMatrix, FloatMatrix, Labels, numpy_topk
 from matcher.onnx_topk import resolve_providers
@@ -103,6 +103,8 @@ def median_rates(
 
 @dataclass
 class Case:
+    """One gallery size, dimension and structure: its rates, bytes and hit rates."""
+
     size: int
     dim: int
     structure: float
@@ -129,6 +131,7 @@ def generate(
 
 
 def run_case(args: argparse.Namespace, size: int, dim: int, structure: float) -> Case:
+    """Generate one gallery, time every engine on it and check hnswlib against exact."""
     case = Case(size, dim, structure)
     model = FaceModel(dim=dim, structure=structure)
     rng = np.random.default_rng([size, dim, int(structure * 10)])
@@ -210,17 +213,23 @@ def run_case(args: argparse.Namespace, size: int, dim: int, structure: float) ->
 
 
 def log(msg: str) -> None:
+    """A progress line, flushed at once."""
     print(msg, flush=True)
 
 
 def machine() -> list[str]:
+    """Markdown list items describing this machine and the libraries' builds."""
     usable = resolve_providers(None)
     return [
         f"- machine: {machine_line()}; {platform.platform()}",
-        f"- onnxruntime {ort.__version__}: built with {', '.join(ort.get_available_providers())};"
-        f" usable here: {', '.join(usable)}",
-        f"- numpy {np.__version__}, hnswlib (M={NodeSettings().hnsw_m}, "
-        f"ef_construction={NodeSettings().ef_construction})",
+        (
+            f"- onnxruntime {ort.__version__}: built with "
+            f"{', '.join(ort.get_available_providers())}; usable here: {', '.join(usable)}"
+        ),
+        (
+            f"- numpy {np.__version__}, hnswlib (M={NodeSettings().hnsw_m}, "
+            f"ef_construction={NodeSettings().ef_construction})"
+        ),
         "- load average (1/5/15 min) when written: "
         + " / ".join(f"{x:.2f}" for x in os.getloadavg())
         + " (other processes share this machine; compare ratios, not absolutes)",
@@ -228,6 +237,7 @@ def machine() -> list[str]:
 
 
 def report(args: argparse.Namespace, cases: list[Case]) -> str:
+    """The run as a markdown section."""
     lines = [
         f"## Exact search on onnxruntime — {now()}",
         "",
@@ -236,14 +246,20 @@ def report(args: argparse.Namespace, cases: list[Case]) -> str:
     ]
     lines += machine()
     lines += [
-        f"- k = {args.k}, {args.probes} mated probes (capture 1 of enrolled identities),"
-        f" block_rows = {args.block_rows}, intra-op threads = {args.threads or 'default'};"
-        f" batch 1 = {args.singles} one-probe calls per run; medians of {args.repeats} runs",
-        f"- data: tunggal.synthetic.{FaceModel()!r} with each row's dim and structure;"
-        " gallery = capture 0, probes = capture 1",
-        "- numpy = numpy_topk (matmul + argpartition) over 65,536-row blocks, merged: the"
-        " previous ExactMatrix.search minus its per-call copy of each block (numpy's BLAS"
-        " threads as it likes); the ratio is onnx float32 / numpy",
+        (
+            f"- k = {args.k}, {args.probes} mated probes (capture 1 of enrolled identities),"
+            f" block_rows = {args.block_rows}, intra-op threads = {args.threads or 'default'};"
+            f" batch 1 = {args.singles} one-probe calls per run; medians of {args.repeats} runs"
+        ),
+        (
+            f"- data: tunggal.synthetic.{FaceModel()!r} with each row's dim and structure;"
+            " gallery = capture 0, probes = capture 1"
+        ),
+        (
+            "- numpy = numpy_topk (matmul + argpartition) over 65,536-row blocks, merged: the"
+            " previous ExactMatrix.search minus its per-call copy of each block (numpy's BLAS"
+            " threads as it likes); the ratio is onnx float32 / numpy"
+        ),
         "",
         "### Exact engines (probes/s)",
         "",
@@ -282,9 +298,11 @@ def report(args: argparse.Namespace, cases: list[Case]) -> str:
             "",
             "### hnswlib vs exact",
             "",
-            "Rank-1 hit = top-1 is the probe's mate; exact's rank-1 hit is the ceiling."
-            " Ratio = hnswlib probes/s / onnx float32 probes/s. The calibrated ef is the"
-            " one a node's self-calibration picks for the index (bench.reference).",
+            (
+                "Rank-1 hit = top-1 is the probe's mate; exact's rank-1 hit is the ceiling."
+                " Ratio = hnswlib probes/s / onnx float32 probes/s. The calibrated ef is the"
+                " one a node's self-calibration picks for the index (bench.reference)."
+            ),
             "",
             "| gallery | dim | structure | build s | ef | "
             + " | ".join(f"p/s b{b} | ratio b{b}" for b in batches)
@@ -321,11 +339,8 @@ def report(args: argparse.Namespace, cases: list[Case]) -> str:
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m bench.exact",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    """The command line's arguments (`argv`; default: the process's)."""
+    p = command_line(__doc__, prog="python -m bench.exact")
     p.add_argument("--sizes", type=int, nargs="+", default=[100_000])
     p.add_argument("--dims", type=int, nargs="+", default=[128, 512])
     p.add_argument("--structures", type=float, nargs="+", default=[0.0, 0.7])
@@ -344,9 +359,6 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--block-rows", type=int, default=65_536)
     p.add_argument("--threads", type=int, default=0, help="0: library defaults")
-    p.add_argument(
-        "--no-write", action="store_true", help="print only; leave docs/benchmarks/ alone"
-    )
     add_cache_option(p)
     args = p.parse_args(argv)
     if args.hnsw_sizes is None:
@@ -357,6 +369,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Run the benchmark (module docstring) with the arguments `argv`."""
     args = parse(argv)
     for line in machine():
         log(line)

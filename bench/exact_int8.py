@@ -19,14 +19,13 @@ the day's run file under docs/benchmarks/ unless --no-write.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable
 
 import numpy as np
 
 from bench.exact import generate, median_rates
 from bench.reference import add_cache_option, cache_path, raw_hnsw
-from bench.report import append, log, machine, now
+from bench.report import command_line, log, machine, now, publish
 from matcher.exact import ExactMatrix, FloatMatrix, Labels
 from matcher.quantized import QuantizedMatrix
 from tunggal.synthetic import FaceModel
@@ -39,16 +38,14 @@ QUERIES: tuple[tuple[str, int, float | None], ...] = (
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    """Run the benchmark (module docstring) with the arguments `argv`."""
+    p = command_line(__doc__)
     p.add_argument("--size", type=int, default=1_000_000)
     p.add_argument("--dim", type=int, default=128)
     p.add_argument("--structure", type=float, default=0.7)
     p.add_argument("--probes", type=int, default=512)
     p.add_argument("--singles", type=int, default=20, help="batch-1 calls per run")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--no-write", action="store_true")
     add_cache_option(p)
     args = p.parse_args(argv)
     model = FaceModel(dim=args.dim, structure=args.structure)
@@ -98,14 +95,18 @@ def main(argv: list[str] | None = None) -> None:
         [
             f"## Exact search: int8 matrix against float32 — {now()}",
             "",
-            f"Machine: {machine()}. `python -m bench.exact_int8` — {args.size:,} FaceModel "
-            f"templates (structure {args.structure}, dim {args.dim}) in a float32 ExactMatrix "
-            "(onnxruntime CPU) and an int8 QuantizedMatrix re-ranking from a raw hnswlib "
-            f"index's stored vectors, as a node does; {len(probes)} mated probes; probes/s are "
-            f"medians of {args.repeats} interleaved runs (batch 1: {args.singles} calls a run).",
+            (
+                f"Machine: {machine()}. `python -m bench.exact_int8` — {args.size:,} FaceModel "
+                f"templates (structure {args.structure}, dim {args.dim}) in a float32 ExactMatrix "
+                "(onnxruntime CPU) and an int8 QuantizedMatrix re-ranking from a raw hnswlib "
+                f"index's stored vectors, as a node does; {len(probes)} mated probes; probes/s are "
+                f"medians of {args.repeats} interleaved runs (batch 1: {args.singles} calls a run)."
+            ),
             "",
-            "| query | batch 1 p/s: float32 / int8 | batch 256 p/s: float32 / int8 | "
-            "answers identical | int8 rank-1 mate hits |",
+            (
+                "| query | batch 1 p/s: float32 / int8 | batch 256 p/s: float32 / int8 | "
+                "answers identical | int8 rank-1 mate hits |"
+            ),
             "|---|---|---|---|---|",
             *rows,
             "",
@@ -113,9 +114,7 @@ def main(argv: list[str] | None = None) -> None:
             "",
         ]
     )
-    print(text)
-    if not args.no_write:
-        append(text)
+    publish(text, write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -53,7 +53,7 @@ from bench.reference import (
     raw_hnsw,
     recall_at,
 )
-from bench.report import append, log, machine, now
+from bench.report import command_line, log, machine, now, publish
 from tunggal.client import NodeInfo, TunggalClient, bearer
 from tunggal.settings import NodeSettings
 from tunggal.synthetic import FaceModel, identity_of, subject_id
@@ -204,6 +204,7 @@ def interleaved_loads(
 
 
 def run_case(args: argparse.Namespace, name: str, structure: float, n: int) -> Case:
+    """Measure one data set of `n` subjects at FaceModel `structure` (module docstring)."""
     case = Case(name, n)
     model = FaceModel(dim=args.dim, structure=structure)
     log(f"{name}: generating {n:,} templates (dim {args.dim})")
@@ -386,20 +387,23 @@ def run_case(args: argparse.Namespace, name: str, structure: float, n: int) -> C
 
 
 def render(args: argparse.Namespace, cases: list[Case]) -> str:
+    """The run as a markdown section: one table per data set."""
     d = NodeSettings()
     lines = [
         f"## Identify through the gateway — {now()}",
         "",
-        f"Machine: {machine()}. `python -m bench.identify` — 2 matcher nodes + gateway as "
-        f"processes on 127.0.0.1, dim {args.dim}, M={d.hnsw_m}, ef_construction="
-        f"{d.ef_construction}, ef self-calibrated per node; raw hnswlib (one index over the "
-        "whole gallery, one process, the same client threads) at the nodes' largest ef and "
-        "at the ef the same calibration picks for it (equal accuracy), "
-        f"{args.queries} mated probes, medians "
-        f"of {args.runs} rounds in which gateway and raw hnswlib take turns (ratios are "
-        "taken within a round, then the median). Client, gateway and nodes share the same "
-        "cores; exact matrix storage "
-        f"{d.exact_dtype}.",
+        (
+            f"Machine: {machine()}. `python -m bench.identify` — 2 matcher nodes + gateway as "
+            f"processes on 127.0.0.1, dim {args.dim}, M={d.hnsw_m}, ef_construction="
+            f"{d.ef_construction}, ef self-calibrated per node; raw hnswlib (one index over the "
+            "whole gallery, one process, the same client threads) at the nodes' largest ef and "
+            "at the ef the same calibration picks for it (equal accuracy), "
+            f"{args.queries} mated probes, medians "
+            f"of {args.runs} rounds in which gateway and raw hnswlib take turns (ratios are "
+            "taken within a round, then the median). Client, gateway and nodes share the same "
+            "cores; exact matrix storage "
+            f"{d.exact_dtype}."
+        ),
         "",
     ]
     for case in cases:
@@ -415,9 +419,8 @@ def render(args: argparse.Namespace, cases: list[Case]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    """Run the benchmark (module docstring) with the arguments `argv`."""
+    p = command_line(__doc__)
     p.add_argument("--subjects", type=int, default=1_000_000)
     p.add_argument("--isotropic-subjects", type=int, default=200_000)
     p.add_argument("--dim", type=int, default=128)
@@ -429,16 +432,13 @@ def main(argv: list[str] | None = None) -> None:
         "--mix-rounds", type=int, default=3, help="rounds of the steady mix after the restart"
     )
     p.add_argument("--mix-s", type=float, default=20.0, help="seconds per round of the mix")
-    p.add_argument("--no-write", action="store_true")
     add_cache_option(p)
     args = p.parse_args(argv)
     cases = [run_case(args, "structured (structure 0.7, rank 64)", 0.7, args.subjects)]
     if args.isotropic_subjects:
         cases.append(run_case(args, "isotropic worst case", 0.0, args.isotropic_subjects))
     text = render(args, cases)
-    print(text)
-    if not args.no_write:
-        append(text)
+    publish(text, write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -61,7 +61,7 @@ import numpy as np
 import numpy.typing as npt
 
 from bench.reference import add_cache_option, cache_path, raw_hnsw, raw_index_file
-from bench.report import append, log, machine, now, rss_bytes
+from bench.report import command_line, log, machine, now, publish, rss_bytes
 from tunggal.client import NodeInfo, TunggalClient, bearer
 from tunggal.settings import NodeSettings
 from tunggal.synthetic import FaceModel, subject_id
@@ -457,9 +457,11 @@ def render(args: argparse.Namespace, runs: list[SizeRun]) -> str:
         "loaded from its file, then queried with the same probes from 16 threads. Client, "
         "gateway and nodes share the same cores.",
         "",
-        "| N | templates / slots after the mix | empty nodes MiB | at rest MiB | steady (mix) "
-        "MiB, by round | calibrated MiB | steady (calibrated + mix) MiB, by round | raw hnswlib "
-        "loaded / queried MiB |",
+        (
+            "| N | templates / slots after the mix | empty nodes MiB | at rest MiB | steady "
+            "(mix) MiB, by round | calibrated MiB | steady (calibrated + mix) MiB, by round | raw "
+            "hnswlib loaded / queried MiB |"
+        ),
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in runs:
@@ -474,9 +476,11 @@ def render(args: argparse.Namespace, runs: list[SizeRun]) -> str:
         )
     lines += [
         "",
-        "Per template at each size, RSS above the empty nodes' over the templates held "
-        "(the definition of bench.identify's 'at rest' row), against raw hnswlib's loaded "
-        "index per template:",
+        (
+            "Per template at each size, RSS above the empty nodes' over the templates held "
+            "(the definition of bench.identify's 'at rest' row), against raw hnswlib's loaded "
+            "index per template:"
+        ),
         "",
         "| N | " + " | ".join(STATES) + " | raw hnswlib loaded / queried (build) |",
         "|---|" + "---|" * (len(STATES) + 1),
@@ -504,12 +508,16 @@ def render(args: argparse.Namespace, runs: list[SizeRun]) -> str:
     raw_slope = raw_fits["raw hnswlib loaded"].per_template
     lines += [
         "",
-        "RSS = fixed + per template x N, least squares over the sizes (2 nodes; raw "
-        "hnswlib's fixed part is what its index adds at N = 0, about nothing). Largest "
-        "distance of a size from the line: the fit's noise.",
+        (
+            "RSS = fixed + per template x N, least squares over the sizes (2 nodes; raw "
+            "hnswlib's fixed part is what its index adds at N = 0, about nothing). Largest "
+            "distance of a size from the line: the fit's noise."
+        ),
         "",
-        "| state | per template | vs raw hnswlib loaded | fixed, 2 nodes | off the line | "
-        "1M over 2 nodes | each further 10M |",
+        (
+            "| state | per template | vs raw hnswlib loaded | fixed, 2 nodes | off the line | "
+            "1M over 2 nodes | each further 10M |"
+        ),
         "|---|---|---|---|---|---|---|",
     ]
     for name, fit in {**fits, **raw_fits}.items():
@@ -523,14 +531,18 @@ def render(args: argparse.Namespace, runs: list[SizeRun]) -> str:
     sizing = fits[SIZING_STATE]
     lines += [
         "",
-        f"Sizing from '{SIZING_STATE}': {sizing.fixed / 2 / MiB:,.0f} MiB a node plus "
-        f"{sizing.per_template:,.0f} B a template, so a node of 500,000 templates holds "
-        f"{(sizing.fixed / 2 + sizing.per_template * 500_000) / GiB:.2f} GiB and 10M templates "
-        f"take {sizing.per_template * 10_000_000 / GiB:.1f} GiB across the nodes plus "
-        f"{sizing.fixed / 2 / MiB:,.0f} MiB per node.",
+        (
+            f"Sizing from '{SIZING_STATE}': {sizing.fixed / 2 / MiB:,.0f} MiB a node plus "
+            f"{sizing.per_template:,.0f} B a template, so a node of 500,000 templates holds "
+            f"{(sizing.fixed / 2 + sizing.per_template * 500_000) / GiB:.2f} GiB and 10M templates "
+            f"take {sizing.per_template * 10_000_000 / GiB:.1f} GiB across the nodes plus "
+            f"{sizing.fixed / 2 / MiB:,.0f} MiB per node."
+        ),
         "",
-        "| N | enroll rate (EnrollBatch 1000, 2 clients, calibration off) | calibration at "
-        "start (time; ef on templates) | gateway RSS | mix calls (calibration off) |",
+        (
+            "| N | enroll rate (EnrollBatch 1000, 2 clients, calibration off) | calibration at "
+            "start (time; ef on templates) | gateway RSS | mix calls (calibration off) |"
+        ),
         "|---|---|---|---|---|",
     ]
     for r in runs:
@@ -544,16 +556,14 @@ def render(args: argparse.Namespace, runs: list[SizeRun]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    """Run the benchmark (module docstring) with the arguments `argv`."""
+    p = command_line(__doc__)
     p.add_argument("--sizes", type=int, nargs="+", default=[124_000, 248_000, 496_000])
     p.add_argument("--dim", type=int, default=128)
     p.add_argument("--rounds", type=int, default=4, help="rounds of the steady mix per phase")
     p.add_argument("--round-s", type=float, default=20.0, help="seconds per round of the mix")
     p.add_argument("--calibration-timeout", type=float, default=3600.0)
     p.add_argument("--port", type=int, default=47151)
-    p.add_argument("--no-write", action="store_true")
     add_cache_option(p)
     args = p.parse_args(argv)
     if len(set(args.sizes)) < 2:
@@ -562,9 +572,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="tunggal-bench-memory-") as tmp:
         runs = [run_size(args, n, Path(tmp)) for n in sorted(set(args.sizes))]
     text = render(args, runs)
-    print(text)
-    if not args.no_write:
-        append(text)
+    publish(text, write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ from typing import Any
 
 import grpc
 
-from bench.report import append, cpu_seconds, log, machine, now, rss_bytes
+from bench.report import command_line, cpu_seconds, log, machine, now, publish, rss_bytes
 from gateway.tenants import Tenant, dump_tenants, hash_key
 from tunggal.client import TunggalClient, bearer
 from tunggal.settings import GatewaySettings
@@ -68,6 +68,7 @@ class Keys:
 def tenant(
     tenant_id: str, key: str, methods: list[str], priority: str, quotas: dict[str, Any]
 ) -> Tenant:
+    """A tenants-file entry for `key` (stored as its SHA-256)."""
     return Tenant.model_validate(
         {
             "id": tenant_id,
@@ -116,7 +117,7 @@ def write_tenants(
         )
     staged = path.with_suffix(".new")
     staged.write_text(dump_tenants(tenants))
-    os.replace(staged, path)
+    staged.replace(path)
 
 
 def settle(client: TunggalClient, growth: float = 1.5, timeout: float = 600) -> None:
@@ -141,11 +142,12 @@ def wait_reloaded(address: str, key: str, timeout: float = 30.0) -> None:
         while True:
             try:
                 client.identify(probe, k=1)
-                return
             except grpc.RpcError as err:
                 code: Any = err.code()
                 if code != grpc.StatusCode.UNAUTHENTICATED or time.monotonic() > deadline:
                     raise
+            else:
+                return
             time.sleep(0.1)
 
 
@@ -169,6 +171,8 @@ class Phase:
 
 
 class Rehearsal:
+    """The running cluster's processes and the load phases run against it."""
+
     def __init__(self, args: argparse.Namespace, cluster: LocalCluster, keys: Keys) -> None:
         self.args = args
         self.cluster = cluster
@@ -180,6 +184,7 @@ class Rehearsal:
         self.requests: list[Any] = []
 
     def config(self, tenants: list[TenantLoad], duration_s: float, timeout_s: float) -> LoadConfig:
+        """The load generator's configuration of one Identify phase."""
         return LoadConfig(
             address=self.cluster.address,
             method="Identify",
@@ -194,6 +199,7 @@ class Rehearsal:
     async def phase(
         self, tenants: list[TenantLoad], duration_s: float, timeout_s: float | None = None
     ) -> Phase:
+        """Run one load phase and read the CPU time each process spent over it."""
         config = self.config(tenants, duration_s, timeout_s or self.args.deadline)
         if not self.requests:
             self.requests = build_requests(config)
@@ -205,6 +211,7 @@ class Rehearsal:
         return Phase(report, cpu1 - cpu0, nodes1 - nodes0, client1 - client0, t1 - t0)
 
     def nodes_cpu(self) -> float:
+        """CPU seconds the nodes have spent so far, summed."""
         return sum(cpu_seconds(pid) for pid in self.node_pids)
 
     def rss(self) -> tuple[int, int]:
@@ -213,6 +220,7 @@ class Rehearsal:
 
 
 async def rehearse(args: argparse.Namespace, cluster: LocalCluster, keys: Keys) -> dict[str, Any]:
+    """Steps 2 to 6 of the module docstring; the figures `render` reports."""
     r = Rehearsal(args, cluster, keys)
     out: dict[str, Any] = {}
     loader = TenantLoad("loader", keys.loader, 0.0, 8)
@@ -304,10 +312,12 @@ async def rehearse(args: argparse.Namespace, cluster: LocalCluster, keys: Keys) 
 
 
 def fmt_mib(n: float) -> str:
+    """Bytes as whole MiB."""
     return f"{n / 2**20:.0f}"
 
 
 def render(args: argparse.Namespace, res: dict[str, Any]) -> str:
+    """The run as a markdown section: capacity, tenants and the targets."""
     max_streams = (
         GatewaySettings().overload_max_streams_per_connection
         if args.max_streams is None
@@ -319,26 +329,32 @@ def render(args: argparse.Namespace, res: dict[str, Any]) -> str:
     lines = [
         f"## Overload rehearsal (greedy tenant) — {now()}",
         "",
-        f"Machine: {machine()}. `python -m bench.overload` — gateway + 2 matcher nodes as "
-        f"processes on 127.0.0.1, {args.subjects:,} demo subjects, Identify k=10, per-call "
-        f"deadline {args.deadline:g} s; load from `tunggal_tools.load` (grpc.aio, open loop: "
-        "latency from each call's due time) in a process on the same cores.",
+        (
+            f"Machine: {machine()}. `python -m bench.overload` — gateway + 2 matcher nodes as "
+            f"processes on 127.0.0.1, {args.subjects:,} demo subjects, Identify k=10, per-call "
+            f"deadline {args.deadline:g} s; load from `tunggal_tools.load` (grpc.aio, open loop: "
+            "latency from each call's due time) in a process on the same cores."
+        ),
         "",
         "Capacity C (closed loop, one unlimited tenant): "
         + ", ".join(f"c={c}: {g:.1f}/s (p99 {p:.0f} ms)" for c, g, p in res["capacity_runs"])
         + f" → **C = {capacity:.1f} Identify/s**.",
         "",
-        f"Tenants: greedy ({args.greedy_priority} priority) asks 1.2 C = "
-        f"{1.2 * capacity:.1f}/s with a "
-        f"quota of {args.greedy_quota:g} C = {args.greedy_quota * capacity:.1f}/s; normal-1..3 "
-        f"(normal priority) ask 0.1 C = {0.1 * capacity:.1f}/s each with a quota of 0.2 C. "
-        f"Offered: 1.5 C for "
-        f"{args.overload_s:.0f} s. Gateway: adaptive limiter defaults, streams per client "
-        f"connection {max_streams or 'unlimited'}; each load tenant has its own "
-        "connection.",
+        (
+            f"Tenants: greedy ({args.greedy_priority} priority) asks 1.2 C = "
+            f"{1.2 * capacity:.1f}/s with a "
+            f"quota of {args.greedy_quota:g} C = {args.greedy_quota * capacity:.1f}/s; normal-1..3 "
+            f"(normal priority) ask 0.1 C = {0.1 * capacity:.1f}/s each with a quota of 0.2 C. "
+            f"Offered: 1.5 C for "
+            f"{args.overload_s:.0f} s. Gateway: adaptive limiter defaults, streams per client "
+            f"connection {max_streams or 'unlimited'}; each load tenant has its own "
+            "connection."
+        ),
         "",
-        "| tenant | unloaded ok % | unloaded p50 / p99 ms | overload ok % | overload p50 / p99 ms "
-        "| p99 ratio | client lag p99 ms | codes under overload |",
+        (
+            "| tenant | unloaded ok % | unloaded p50 / p99 ms | overload ok % | overload p50 / "
+            "p99 ms | p99 ratio | client lag p99 ms | codes under overload |"
+        ),
         "|---|---|---|---|---|---|---|---|",
     ]
     ratios = []
@@ -387,34 +403,56 @@ def render(args: argparse.Namespace, res: dict[str, Any]) -> str:
         "",
         "| measure | value | target |",
         "|---|---|---|",
-        f"| in-quota tenants' success rate under overload (worst) | {100 * min_rate:.3f} % "
-        f"| ≥ 99.9 %: {verdict(min_rate >= 0.999)} |",
-        f"| in-quota tenants' p99 overload / unloaded (worst) | {max_ratio:.2f}x "
-        f"| ≤ 2x: {verdict(max_ratio <= 2.0)} |",
-        f"| goodput under overload (all tenants, OK/s) vs C | {goodput:.1f} / {capacity:.1f} = "
-        f"{100 * goodput / capacity:.1f} % | ≥ 90 %: {verdict(goodput >= 0.9 * capacity)} |",
-        f"| offered / answered under overload (calls/s) | {total.target_rps:.1f} / "
-        f"{total.rps:.1f} ({total.unsent} not sent; client lag p99 ≤ {lag:.1f} ms) | |",
-        f"| gateway RSS MiB start / middle / end | {fmt_mib(rss[0][1])} / {fmt_mib(mid[1])} / "
-        f"{fmt_mib(rss[-1][1])} ({100 * gateway_growth:+.1f} %) "
-        f"| flat (< 5 %): {verdict(gateway_growth < 0.05)} |",
-        f"| nodes' RSS MiB (sum) start / middle / end | {fmt_mib(rss[0][2])} / "
-        f"{fmt_mib(mid[2])} / {fmt_mib(rss[-1][2])} ({100 * nodes_growth:+.1f} %) "
-        f"| flat (< 5 %): {verdict(nodes_growth < 0.05)} |",
+        (
+            f"| in-quota tenants' success rate under overload (worst) | {100 * min_rate:.3f} % "
+            f"| ≥ 99.9 %: {verdict(min_rate >= 0.999)} |"
+        ),
+        (
+            f"| in-quota tenants' p99 overload / unloaded (worst) | {max_ratio:.2f}x "
+            f"| ≤ 2x: {verdict(max_ratio <= 2.0)} |"
+        ),
+        (
+            f"| goodput under overload (all tenants, OK/s) vs C | {goodput:.1f} / {capacity:.1f} = "
+            f"{100 * goodput / capacity:.1f} % | ≥ 90 %: {verdict(goodput >= 0.9 * capacity)} |"
+        ),
+        (
+            f"| offered / answered under overload (calls/s) | {total.target_rps:.1f} / "
+            f"{total.rps:.1f} ({total.unsent} not sent; client lag p99 ≤ {lag:.1f} ms) | |"
+        ),
+        (
+            f"| gateway RSS MiB start / middle / end | {fmt_mib(rss[0][1])} / {fmt_mib(mid[1])} / "
+            f"{fmt_mib(rss[-1][1])} ({100 * gateway_growth:+.1f} %) "
+            f"| flat (< 5 %): {verdict(gateway_growth < 0.05)} |"
+        ),
+        (
+            f"| nodes' RSS MiB (sum) start / middle / end | {fmt_mib(rss[0][2])} / "
+            f"{fmt_mib(mid[2])} / {fmt_mib(rss[-1][2])} ({100 * nodes_growth:+.1f} %) "
+            f"| flat (< 5 %): {verdict(nodes_growth < 0.05)} |"
+        ),
         f"| CPU cores used, gateway / nodes / load generator: at C | {best.cores()} | |",
         f"| ... under overload | {over.cores()} | |",
-        f"| CPU per served Identify: gateway / nodes (sum) | {1e6 * cpu_served:.0f} / "
-        f"{1e6 * res['cpu_served_nodes']:.0f} µs | |",
-        f"| gateway CPU per quota-rejected Identify (RESOURCE_EXHAUSTED) | {1e6 * cpu_rej:.0f} µs "
-        f"= {100 * cpu_rej / cpu_served:.1f} % of served | < 5 %: "
-        f"{verdict(cpu_rej < 0.05 * cpu_served)} |",
-        f"| gateway CPU per call without a key (UNAUTHENTICATED) | {1e6 * cpu_anon:.0f} µs = "
-        f"{100 * cpu_anon / cpu_served:.1f} % of served | |",
-        f"| quota rejection vs a served call's CPU on gateway + nodes | "
-        f"{100 * cpu_rej / cpu_cluster:.1f} % | |",
-        f"| latency p50: served (unloaded) / quota-rejected / unauthenticated | "
-        f"{base.report.total.ok_latency.p50_ms:.2f} / {lim.report.total.latency.p50_ms:.2f} / "
-        f"{anon.report.total.latency.p50_ms:.2f} ms | |",
+        (
+            f"| CPU per served Identify: gateway / nodes (sum) | {1e6 * cpu_served:.0f} / "
+            f"{1e6 * res['cpu_served_nodes']:.0f} µs | |"
+        ),
+        (
+            f"| gateway CPU per quota-rejected Identify (RESOURCE_EXHAUSTED) | "
+            f"{1e6 * cpu_rej:.0f} µs = {100 * cpu_rej / cpu_served:.1f} % of served | < 5 %: "
+            f"{verdict(cpu_rej < 0.05 * cpu_served)} |"
+        ),
+        (
+            f"| gateway CPU per call without a key (UNAUTHENTICATED) | {1e6 * cpu_anon:.0f} µs = "
+            f"{100 * cpu_anon / cpu_served:.1f} % of served | |"
+        ),
+        (
+            f"| quota rejection vs a served call's CPU on gateway + nodes | "
+            f"{100 * cpu_rej / cpu_cluster:.1f} % | |"
+        ),
+        (
+            f"| latency p50: served (unloaded) / quota-rejected / unauthenticated | "
+            f"{base.report.total.ok_latency.p50_ms:.2f} / {lim.report.total.latency.p50_ms:.2f} / "
+            f"{anon.report.total.latency.p50_ms:.2f} ms | |"
+        ),
         f"| gateway idle CPU | {100 * res['idle_cpu_rate']:.2f} % of a core | |",
     ]
     quota_rejected = sum(s.codes.get("RESOURCE_EXHAUSTED", 0) for s in over.report.tenants)
@@ -422,18 +460,19 @@ def render(args: argparse.Namespace, res: dict[str, Any]) -> str:
     (before, after) = res["loadavg"]
     lines += [
         "",
-        f"Gateway CPU the overload asked for (OK x served cost + quota rejections x their "
-        f"cost): {demand:.2f} cores; it got {over.gateway_cpu_s / over.wall_s:.2f}. "
-        f"Load average (1 min) before / after the run: {before[0]:.1f} / {after[0]:.1f} "
-        f"on {os.cpu_count()} cores (other jobs share the machine).",
+        (
+            f"Gateway CPU the overload asked for (OK x served cost + quota rejections x their "
+            f"cost): {demand:.2f} cores; it got {over.gateway_cpu_s / over.wall_s:.2f}. "
+            f"Load average (1 min) before / after the run: {before[0]:.1f} / {after[0]:.1f} "
+            f"on {os.cpu_count()} cores (other jobs share the machine)."
+        ),
     ]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    """Run the benchmark (module docstring) with the arguments `argv`."""
+    p = command_line(__doc__)
     p.add_argument("--subjects", type=int, default=20_000, help="demo gallery size")
     p.add_argument("--port", type=int, default=48051, help="gateway port (nodes after it)")
     p.add_argument("--overload-s", type=float, default=60.0, help="overload phase length")
@@ -454,7 +493,6 @@ def main(argv: list[str] | None = None) -> None:
         help="gateway's TUNGGAL_GATEWAY_OVERLOAD_MAX_STREAMS_PER_CONNECTION "
         f"(default {GatewaySettings().overload_max_streams_per_connection}; 0: no limit)",
     )
-    p.add_argument("--no-write", action="store_true", help="do not append to docs/benchmarks/")
     args = p.parse_args(argv)
 
     keys = Keys()
@@ -484,9 +522,7 @@ def main(argv: list[str] | None = None) -> None:
         finally:
             cluster.stop()
     text = render(args, res)
-    print(text)
-    if not args.no_write:
-        append(text)
+    publish(text, write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ run files, which `append` extends when it starts a new day.
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import os
 import platform
@@ -27,7 +28,7 @@ def machine() -> str:
     """One line describing this machine."""
     cpu = platform.processor() or platform.machine()
     try:
-        with open("/proc/cpuinfo") as fh:
+        with Path("/proc/cpuinfo").open() as fh:
             for line in fh:
                 if line.startswith("model name"):
                     cpu = line.split(":", 1)[1].strip()
@@ -48,16 +49,33 @@ def now() -> str:
 
 def rss_bytes(pid: int | str = "self") -> int:
     """Resident memory of a process (Linux)."""
-    with open(f"/proc/{pid}/statm") as fh:
-        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    statm = Path(f"/proc/{pid}/statm").read_text()
+    return int(statm.split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def cpu_seconds(pid: int | str = "self") -> float:
     """User + system CPU time of a process (all its threads) so far, in seconds (Linux)."""
-    with open(f"/proc/{pid}/stat") as fh:
-        fields = fh.read().rsplit(")", 1)[1].split()
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     # fields[0] is field 3 (state); utime and stime are fields 14 and 15.
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def command_line(doc: str | None, prog: str | None = None) -> argparse.ArgumentParser:
+    """A benchmark's command line: its module docstring as the help, and --no-write."""
+    parser = argparse.ArgumentParser(
+        prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--no-write", action="store_true", help="print only; leave docs/benchmarks/ alone"
+    )
+    return parser
+
+
+def publish(section: str, *, write: bool) -> None:
+    """Print a run's markdown section and, if `write`, append it to its day file."""
+    print(section)
+    if write:
+        append(section)
 
 
 def log(msg: str) -> None:

@@ -31,7 +31,6 @@ Appends its figures to the day's run file under docs/benchmarks/ unless --no-wri
 
 from __future__ import annotations
 
-import argparse
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +39,7 @@ import hnswlib
 import numpy as np
 import numpy.typing as npt
 
-from bench.cpu_breakdown import KEY, cluster, seed
+from bench.cpu_breakdown import DATA_DIR, KEY, cluster, seed
 from bench.identify import (
     GATEWAY,
     SYNC_GATEWAY,
@@ -50,7 +49,7 @@ from bench.identify import (
     threaded,
 )
 from bench.reference import add_cache_option, cache_path, calibrated_ef, raw_hnsw
-from bench.report import append, log, machine, now
+from bench.report import command_line, log, machine, now, publish
 from matcher.snapshot import read_manifest, snapshots
 from matcher.store import Store
 from tunggal.client import TunggalClient, bearer
@@ -114,16 +113,14 @@ def sharded_top(shards: list[Shard], probe: FloatMatrix) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    """Run the benchmark (module docstring) with the arguments `argv`."""
+    p = command_line(__doc__)
     p.add_argument("--subjects", type=int, default=1_000_000)
-    p.add_argument("--data-dir", default="/tmp/tunggal-bench-cpu", help="the stored gallery")
+    p.add_argument("--data-dir", default=str(DATA_DIR), help="the stored gallery")
     p.add_argument("--port", type=int, default=48151)
     p.add_argument("--queries", type=int, default=2000)
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
-    p.add_argument("--no-write", action="store_true")
     add_cache_option(p)
     args = p.parse_args(argv)
     model = FaceModel(dim=128, structure=0.7)
@@ -186,21 +183,25 @@ def main(argv: list[str] | None = None) -> None:
     lines = [
         f"## Ideal sharding against one index and the gateway — {now()}",
         "",
-        f"Machine: {machine()}. `python -m bench.sharding` — {n:,} structured FaceModel "
-        f"subjects (structure {model.structure}, dim {model.dim}), M={d.hnsw_m}, "
-        f"ef_construction={d.ef_construction}. Raw: one hnswlib index over the whole "
-        "gallery. Ideal sharding: the 2 nodes' own indexes (their snapshots), searched one "
-        "after the other in the calling thread and merged, in this process. Gateway: "
-        "Identify through the local cluster over the same data, from `tunggal load`'s "
-        "grpc.aio generator (the same number of calls in flight as raw's client threads), "
-        "and from the sync `TunggalClient` in those threads. "
-        f"{len(ids)} mated probes, medians of {args.runs} "
-        "rounds in which the four take turns (ratios taken within a round).",
+        (
+            f"Machine: {machine()}. `python -m bench.sharding` — {n:,} structured FaceModel "
+            f"subjects (structure {model.structure}, dim {model.dim}), M={d.hnsw_m}, "
+            f"ef_construction={d.ef_construction}. Raw: one hnswlib index over the whole "
+            "gallery. Ideal sharding: the 2 nodes' own indexes (their snapshots), searched one "
+            "after the other in the calling thread and merged, in this process. Gateway: "
+            "Identify through the local cluster over the same data, from `tunggal load`'s "
+            "grpc.aio generator (the same number of calls in flight as raw's client threads), "
+            "and from the sync `TunggalClient` in those threads. "
+            f"{len(ids)} mated probes, medians of {args.runs} "
+            "rounds in which the four take turns (ratios taken within a round)."
+        ),
         "",
         "| measure | value |",
         "|---|---|",
-        f"| calibrated ef: raw (whole gallery) / shards in this process / the nodes' own | "
-        f"{raw_cal.ef} / {efs} / {node_efs} |",
+        (
+            f"| calibrated ef: raw (whole gallery) / shards in this process / the nodes' own | "
+            f"{raw_cal.ef} / {efs} / {node_efs} |"
+        ),
         "| rank-1 mate hits: raw / ideal sharding / gateway (sync client) | "
         + " / ".join(f"{hits[k]}/{len(ids)}" for k in ("raw", "ideal", "gateway"))
         + " |",
@@ -220,9 +221,7 @@ def main(argv: list[str] | None = None) -> None:
                 f"(rounds: {rounds}) |"
             )
     text = "\n".join([*lines, ""])
-    print(text)
-    if not args.no_write:
-        append(text)
+    publish(text, write=not args.no_write)
 
 
 if __name__ == "__main__":

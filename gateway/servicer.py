@@ -12,7 +12,7 @@ when it has none).
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import grpc
 import grpc.aio
@@ -46,7 +46,16 @@ if TYPE_CHECKING:
 _log = structlog.get_logger("gateway")
 
 Context = grpc.aio.ServicerContext[Any, Any]
-Req = TypeVar("Req")
+
+
+class _ForSubject(Protocol):
+    """A request about one subject (Enroll, Delete, Verify, GetSubject): its owner answers."""
+
+    @property
+    def subject_id(self) -> str: ...
+
+
+Req = TypeVar("Req", bound=_ForSubject)
 Resp = TypeVar("Resp")
 
 # time_remaining() above this many seconds means "no deadline" (sync servers).
@@ -75,17 +84,23 @@ class GatewayMatcher(pb_grpc.MatcherServicer):
         self.fanout = fanout
 
     async def _owner_call(
-        self, subject_id: str, method: StubMethod[Req, Resp], request: Req, context: Context
+        self, request: Req, method: StubMethod[Req, Resp], context: Context
     ) -> tuple[Node, Resp]:
-        """The owner's answer; its error keeps its code and pushback trailer."""
+        """The owner of the request's subject and its answer; its error keeps its code
+        and pushback trailer."""
         try:
             return await self.fanout.owner_call(
-                subject_id, method, request, node_budget(self.settings, context)
+                request.subject_id, method, request, node_budget(self.settings, context)
             )
         except ShardError as exc:
             if exc.trailers:
                 context.set_trailing_metadata(exc.trailers)
             raise
+
+    async def _forward(self, request: Req, method: StubMethod[Req, Resp], context: Context) -> Resp:
+        """The answer of the request's owner, as it is (`_owner_call`)."""
+        _, response = await self._owner_call(request, method, context)
+        return response
 
     def _check_enroll(self, request: pb.EnrollRequest, field: str = "") -> None:
         """The node's checks (`field` prefixes names, e.g. ``items[3].``)."""
@@ -103,9 +118,7 @@ class GatewayMatcher(pb_grpc.MatcherServicer):
     async def Enroll(self, request: pb.EnrollRequest, context: Context) -> pb.EnrollResponse:
         """Check the enrollment, send it to the subject's owner; the answer names the shard."""
         self._check_enroll(request)
-        node, response = await self._owner_call(
-            request.subject_id, lambda stub: stub.Enroll, request, context
-        )
+        node, response = await self._owner_call(request, lambda stub: stub.Enroll, context)
         response.shard = node.name
         return response
 
@@ -142,10 +155,7 @@ class GatewayMatcher(pb_grpc.MatcherServicer):
     async def Delete(self, request: pb.DeleteRequest, context: Context) -> pb.DeleteResponse:
         """Delete the subject on its owner."""
         check_subject_id(request.subject_id)
-        _, response = await self._owner_call(
-            request.subject_id, lambda stub: stub.Delete, request, context
-        )
-        return response
+        return await self._forward(request, lambda stub: stub.Delete, context)
 
     @async_errors
     async def Verify(self, request: pb.VerifyRequest, context: Context) -> pb.VerifyResponse:
@@ -154,18 +164,13 @@ class GatewayMatcher(pb_grpc.MatcherServicer):
         decode_probe(request.probe, self.settings.dim)
         if request.HasField("threshold"):
             check_threshold(request.threshold)
-        _, response = await self._owner_call(
-            request.subject_id, lambda stub: stub.Verify, request, context
-        )
-        return response
+        return await self._forward(request, lambda stub: stub.Verify, context)
 
     @async_errors
     async def GetSubject(self, request: pb.GetSubjectRequest, context: Context) -> pb.Subject:
         """The subject as its owner holds it, with the shard's name."""
         check_subject_id(request.subject_id)
-        node, response = await self._owner_call(
-            request.subject_id, lambda stub: stub.GetSubject, request, context
-        )
+        node, response = await self._owner_call(request, lambda stub: stub.GetSubject, context)
         response.shard = node.name
         return response
 

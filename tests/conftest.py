@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import io
+import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
@@ -20,6 +24,8 @@ from tunggal.templates import encode_template
 from tunggal.v1 import tunggal_pb2 as pb
 from tunggal_tools.localcluster import LocalCluster, wait_serving
 
+ROOT = Path(__file__).resolve().parent.parent
+"""The repository: the working directory of the processes tests start."""
 TEST_TENANTS = Path(__file__).resolve().parent / "tenants.test.toml"
 """One tenant, all-methods: every method, no quota, critical priority."""
 TEST_KEY = "test-key-all-methods"
@@ -86,6 +92,67 @@ def enroll_on_node(
         timeout=120,
     )
     assert [r.code for r in reply.results] == [0] * len(ids)
+
+
+def replace_while_verifying(
+    replace: Callable[[int], object], verify: Callable[[], bool], replaces: int, verifiers: int
+) -> int:
+    """Call replace(n) for each n < `replaces` in one thread while `verifiers`
+    threads call verify() over and over until it is done; how many verify()
+    calls answered (returned True). A thread's failure is raised here."""
+    done = threading.Event()
+
+    def replacer() -> None:
+        try:
+            for n in range(replaces):
+                replace(n)
+        finally:
+            done.set()
+
+    def verifier() -> int:
+        answered = 0
+        while not done.is_set():
+            if verify():
+                answered += 1
+        return answered
+
+    with ThreadPoolExecutor(verifiers + 1) as pool:
+        running = [pool.submit(verifier) for _ in range(verifiers)]
+        pool.submit(replacer).result()
+        return sum(v.result() for v in running)
+
+
+@contextmanager
+def gateway_process(
+    argv: Sequence[str], port: int, log: Path, env: Mapping[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A real gateway process started with `argv` in ROOT, its output in `log`,
+    once it serves on 127.0.0.1:`port`; killed on the way out if still running."""
+    with log.open("wb") as out:
+        proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_serving(f"127.0.0.1:{port}", 30, proc)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def run_to_exit(
+    argv: Sequence[str], env: Mapping[str, str], timeout: float
+) -> subprocess.CompletedProcess[str]:
+    """Run a command in ROOT that should exit by itself (a refused start): its
+    status and text output; subprocess.TimeoutExpired if it runs past `timeout`."""
+    return subprocess.run(
+        argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def terminate(proc: subprocess.Popen[bytes], timeout: float) -> int:
+    """SIGTERM `proc` and wait up to `timeout` seconds for it; its exit status."""
+    proc.send_signal(signal.SIGTERM)
+    return proc.wait(timeout=timeout)
 
 
 class NodeProcess:

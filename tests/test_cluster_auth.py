@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 import urllib.request
@@ -22,18 +21,24 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway.tenants import hash_key
-from tests.conftest import free_port, free_port_run
+from tests.conftest import (
+    ROOT,
+    free_port,
+    free_port_run,
+    gateway_process,
+    run_to_exit,
+    terminate,
+)
 from tunggal.client import TunggalClient, bearer
 from tunggal.internal_auth import METADATA_KEY
 from tunggal.node.v1 import node_pb2_grpc as node_grpc
 from tunggal.ops.v1 import ops_pb2 as ops_pb
 from tunggal.synthetic import subject_id
 from tunggal_tools.demo import DEMO_KEYS, DEMO_MODEL, seed
-from tunggal_tools.localcluster import DEMO_TENANTS_FILE, LocalCluster, wait_serving
+from tunggal_tools.localcluster import DEMO_TENANTS_FILE, LocalCluster
 
 pytestmark = pytest.mark.cluster  # starts real Tunggal processes
 
-ROOT = Path(__file__).resolve().parent.parent
 SUBJECTS = 300
 NEW_KEY = "key-of-a-tenant-added-at-runtime"
 
@@ -224,26 +229,12 @@ def test_gateway_refuses_to_start_without_a_tenants_file() -> None:
         for k, v in os.environ.items()
         if k not in ("TUNGGAL_GATEWAY_TENANTS_FILE", "TUNGGAL_GATEWAY_AUTH")
     }
-    result = subprocess.run(
-        [sys.executable, "-m", "gateway.server", "--port", str(free_port())],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    argv = [sys.executable, "-m", "gateway.server", "--port", str(free_port())]
+    result = run_to_exit(argv, env, timeout=60)
     assert result.returncode == 2
     assert "no tenants file" in result.stderr and "--no-auth" in result.stderr
-    broken = subprocess.run(
-        [sys.executable, "-m", "gateway.server", "--port", str(free_port())],
-        cwd=ROOT,
-        env={**env, "TUNGGAL_GATEWAY_TENANTS_FILE": str(ROOT / "no-such-tenants.toml")},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    missing = str(ROOT / "no-such-tenants.toml")
+    broken = run_to_exit(argv, {**env, "TUNGGAL_GATEWAY_TENANTS_FILE": missing}, timeout=60)
     assert broken.returncode == 1
     assert "cannot read" in broken.stderr
 
@@ -251,24 +242,15 @@ def test_gateway_refuses_to_start_without_a_tenants_file() -> None:
 def test_no_auth_serves_anyone_and_says_so(tmp_path: Path) -> None:
     port = free_port()
     log = tmp_path / "gateway.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [
-                sys.executable, "-m", "gateway.server", "--no-auth", "--port", str(port),
-                "--metrics-port", "0", "--nodes", f"node-0=127.0.0.1:{free_port()}",
-            ],
-            cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    try:
-        wait_serving(f"127.0.0.1:{port}", 30, proc)
+    argv = [
+        sys.executable, "-m", "gateway.server", "--no-auth", "--port", str(port),
+        "--metrics-port", "0", "--nodes", f"node-0=127.0.0.1:{free_port()}",
+    ]  # fmt: skip
+    with gateway_process(argv, port, log) as proc:
         with TunggalClient(f"127.0.0.1:{port}", timeout=10) as anonymous:
             (row,) = anonymous.stats()  # no key needed; the node is down
         assert row.name == "node-0" and row.error
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=20) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+        assert terminate(proc, 20) == 0
     text = log.read_text()
     assert '"event": "gateway_auth_disabled"' in text
     assert '"tenant": "-"' in text and '"method": "Stats"' in text

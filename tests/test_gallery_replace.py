@@ -7,13 +7,12 @@ tests/test_node_replace.py does the same through a node process over gRPC.
 
 from __future__ import annotations
 
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 from matcher.gallery import EnrollItem, Gallery
+from tests.conftest import replace_while_verifying
 from tunggal.errors import NotFound
 from tunggal.settings import NodeSettings
 from tunggal.synthetic import FaceModel, subject_id
@@ -33,35 +32,24 @@ def test_verify_never_misses_a_subject_being_replaced(tmp_path: Path) -> None:
         target = subject_id(7)
         captures = np.concatenate([_MODEL.samples([7], c) for c in range(1, 5)])
         probe = _MODEL.samples([7], 9)[0]
-        done = threading.Event()
         missing: list[str] = []
 
-        def replacer() -> None:
+        def replace(n: int) -> None:
+            first = n % 3
+            vectors = captures[first : first + 1 + n % 2]  # 1 or 2 templates
+            (result,) = gallery.enroll([EnrollItem(target, vectors, True)])
+            assert not isinstance(result, Exception), result
+
+        def verify() -> bool:
             try:
-                for n in range(_REPLACES):
-                    first = n % 3
-                    vectors = captures[first : first + 1 + n % 2]  # 1 or 2 templates
-                    (result,) = gallery.enroll([EnrollItem(target, vectors, True)])
-                    assert not isinstance(result, Exception), result
-            finally:
-                done.set()
+                score, compared = gallery.verify(target, probe)
+            except NotFound as exc:
+                missing.append(str(exc))
+                return False
+            assert compared in (1, 2) and np.isfinite(score)
+            return True
 
-        def verifier() -> int:
-            answered = 0
-            while not done.is_set():
-                try:
-                    score, compared = gallery.verify(target, probe)
-                except NotFound as exc:
-                    missing.append(str(exc))
-                    continue
-                assert compared in (1, 2) and np.isfinite(score)
-                answered += 1
-            return answered
-
-        with ThreadPoolExecutor(_VERIFIERS + 1) as pool:
-            verifiers = [pool.submit(verifier) for _ in range(_VERIFIERS)]
-            pool.submit(replacer).result()  # re-raises a thread's failure here
-            answered = sum(v.result() for v in verifiers)
+        answered = replace_while_verifying(replace, verify, _REPLACES, _VERIFIERS)
         assert missing == []
         assert answered >= _REPLACES  # the verifiers really ran alongside
         assert gallery.verify(target, probe)[1] == 1 + (_REPLACES - 1) % 2

@@ -11,29 +11,23 @@ fake nodes whose answers the test chooses.
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import free_port
-from tests.test_gateway_unit import DIM, GOOD, FakeNode, LoopThread
+from tests.conftest import free_port, gateway_process, terminate
+from tests.test_gateway_unit import DIM, GOOD, FakeNode, LoopThread, serve_fake
 from tunggal.client import TunggalClient
-from tunggal.node.v1 import node_pb2_grpc as node_grpc
 from tunggal.ops.v1 import ops_pb2 as ops_pb
 from tunggal.ops.v1 import ops_pb2_grpc as ops_grpc
-from tunggal_tools.localcluster import wait_serving
 
 pytestmark = pytest.mark.cluster  # starts real Tunggal processes
 
-ROOT = Path(__file__).resolve().parent.parent
 CALLS = "tunggal_gateway_identify_calls_total"
 ESCALATIONS = "tunggal_gateway_identify_escalations_total"
 
@@ -76,16 +70,9 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     lt = LoopThread()
     servers: list[grpc.aio.Server] = []
     fakes = {name: FakeNode(name) for name in ("node-0", "node-1")}  # type: ignore[abstract]
-
-    async def start(fake: FakeNode) -> int:
-        server = grpc.aio.server()
-        node_grpc.add_MatcherNodeServicer_to_server(fake, server)
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        servers.append(server)
-        return port
-
-    nodes = ",".join(f"{name}=127.0.0.1:{lt.run(start(fake))}" for name, fake in fakes.items())
+    nodes = ",".join(
+        f"{name}=127.0.0.1:{lt.run(serve_fake(fake, servers))}" for name, fake in fakes.items()
+    )
     port, metrics_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("TUNGGAL_")}
     env.update(
@@ -94,28 +81,18 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
         TUNGGAL_GATEWAY_ESCALATE_BAND="0.05",
     )
     log = tmp_path_factory.mktemp("escalations") / "gateway.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [
-                sys.executable, "-m", "gateway.server", "--no-auth", "--port", str(port),
-                "--nodes", nodes, "--metrics-port", str(metrics_port),
-            ],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+    argv = [
+        sys.executable, "-m", "gateway.server", "--no-auth", "--port", str(port),
+        "--nodes", nodes, "--metrics-port", str(metrics_port),
+    ]  # fmt: skip
     try:
-        wait_serving(f"127.0.0.1:{port}", 30, proc)
-        yield Rig(f"127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}/metrics", fakes)
+        with gateway_process(argv, port, log, env) as proc:
+            yield Rig(f"127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}/metrics", fakes)
+            terminate(proc, 20)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            for server in servers:
-                lt.run(server.stop(0))
-            lt.close()
+        for server in servers:
+            lt.run(server.stop(0))
+        lt.close()
 
 
 def test_identify_outside_the_band_counts_a_call_and_no_escalation(rig: Rig) -> None:

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,13 +17,11 @@ from typing import Any
 import grpc
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import ROOT, free_port, gateway_process, run_to_exit, terminate
 from tunggal.client import TunggalClient
-from tunggal_tools.localcluster import wait_serving
 
 pytestmark = pytest.mark.cluster  # starts real Tunggal processes
 
-ROOT = Path(__file__).resolve().parent.parent
 DEMO_TENANTS = ROOT / "deploy" / "tenants.demo.toml"
 ALLOW = "TUNGGAL_GATEWAY_ALLOW_UNPROTECTED_NETWORK"
 RISK_EVENT = "gateway_unprotected_network"
@@ -64,10 +60,7 @@ def serve_then_stop(
     """
     port = int(args[args.index("--port") + 1])
     log = tmp_path / "gateway.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        wait_serving(f"127.0.0.1:{port}", 30, proc)
+    with gateway_process(args, port, log, env) as proc:
         with TunggalClient(f"127.0.0.1:{port}", timeout=10) as anonymous:
             if auth:
                 with pytest.raises(grpc.RpcError) as refused:
@@ -76,12 +69,7 @@ def serve_then_stop(
             else:
                 (row,) = anonymous.stats()
                 assert row.name == "node-0" and row.error  # the node is down
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=20) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        assert terminate(proc, 20) == 0
     return log_events(log)
 
 
@@ -91,15 +79,8 @@ def serve_then_stop(
     ids=["--no-auth", "TUNGGAL_GATEWAY_AUTH=off"],
 )
 def test_auth_off_beyond_loopback_is_refused(flags: list[str], env: dict[str, str]) -> None:
-    result = subprocess.run(
-        argv(free_port(), *flags),
-        cwd=ROOT,
-        env=environment(**env),
-        capture_output=True,
-        text=True,
-        timeout=30,  # a gateway that serves instead never exits
-        check=False,
-    )
+    # A gateway that serves instead never exits: TimeoutExpired.
+    result = run_to_exit(argv(free_port(), *flags), environment(**env), timeout=30)
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import subprocess
 import sys
 import threading
 import time
@@ -28,7 +26,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from gateway.app import GatewayServer, serve, server_options
 from shard.shardmap import Node
-from tests.conftest import free_port
+from tests.conftest import ROOT, free_port, gateway_process, terminate
 from tunggal.client import Candidate, TunggalClient
 from tunggal.node.v1 import node_pb2 as node_pb
 from tunggal.node.v1 import node_pb2_grpc as node_grpc
@@ -37,10 +35,8 @@ from tunggal.settings import GatewaySettings
 from tunggal.templates import encode_template
 from tunggal.v1 import tunggal_pb2 as pb
 from tunggal.v1 import tunggal_pb2_grpc as pb_grpc
-from tunggal_tools.localcluster import wait_serving
 
 DIM = 8
-ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 
@@ -180,6 +176,19 @@ class FakeNode(node_grpc.MatcherNodeServicer):
         return ops_pb.NodeStats(name=self.name, serving=True, subjects=5, templates=7, dim=DIM)
 
 
+async def serve_fake(fake: FakeNode, servers: list[grpc.aio.Server]) -> int:
+    """Serve `fake` on a free port of 127.0.0.1 (run on the loop); its port.
+
+    The server is added to `servers`, for the caller to stop.
+    """
+    server = grpc.aio.server()
+    node_grpc.add_MatcherNodeServicer_to_server(fake, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    servers.append(server)
+    return port
+
+
 class Cluster:
     """A gateway plus its fake nodes, all on one background loop."""
 
@@ -225,17 +234,8 @@ def make_cluster(lt: LoopThread) -> Iterator[Callable[..., Cluster]]:
         fakes: dict[str, FakeNode] = {}
         for name in live or []:
             fake = FakeNode(name)  # type: ignore[abstract]  # base is not abstract at runtime
-
-            async def start(fake: FakeNode = fake) -> int:
-                server = grpc.aio.server()
-                node_grpc.add_MatcherNodeServicer_to_server(fake, server)
-                port = server.add_insecure_port("127.0.0.1:0")
-                await server.start()
-                servers.append(server)
-                return port
-
             fakes[name] = fake
-            nodes.append(Node(name, f"127.0.0.1:{lt.run(start())}"))
+            nodes.append(Node(name, f"127.0.0.1:{lt.run(serve_fake(fake, servers))}"))
         nodes += [Node(name, f"127.0.0.1:{free_port()}") for name in dead or []]
         gateway = lt.run(serve(settings(**kw), interceptors, port=0, nodes=nodes))
         gateways.append(gateway)
@@ -711,24 +711,14 @@ def test_client_argument_errors() -> None:
 def test_sigterm_drains_and_exits(tmp_path: Path) -> None:
     port = free_port()
     env = {**os.environ, "TUNGGAL_DIM": str(DIM)}
-    log = (tmp_path / "gateway.log").open("wb")
-    proc = subprocess.Popen(
-        [
-            sys.executable, "-m", "gateway.server",
-            "--port", str(port), "--nodes", f"node-0=127.0.0.1:{free_port()}",
-            "--grace", "1", "--tenants", str(ROOT / "deploy" / "tenants.demo.toml"),
-            "--metrics-port", "0",
-        ],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    try:
-        wait_serving(f"127.0.0.1:{port}", 30, proc)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=10) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        log.close()
+    argv = [
+        sys.executable, "-m", "gateway.server",
+        "--port", str(port), "--nodes", f"node-0=127.0.0.1:{free_port()}",
+        "--grace", "1", "--tenants", str(ROOT / "deploy" / "tenants.demo.toml"),
+        "--metrics-port", "0",
+    ]  # fmt: skip
+    with gateway_process(argv, port, tmp_path / "gateway.log", env) as proc:
+        assert terminate(proc, 10) == 0
     text = (tmp_path / "gateway.log").read_text()
     assert '"event": "gateway_started"' in text and '"event": "gateway_stopped"' in text
 

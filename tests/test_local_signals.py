@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -115,38 +116,41 @@ def the_cluster_processes(run: LocalRun) -> list[Child]:
     return kids
 
 
-@pytest.mark.timeout(300)
-def test_sigterm_while_seeding_stops_every_process_within_the_grace_time(tmp_path: Path) -> None:
+@pytest.fixture
+def seeding(tmp_path: Path) -> Iterator[LocalRun]:
+    """`tunggal local` over BIG_GALLERY once it is seeding; cleaned up after the test."""
     run = LocalRun(tmp_path, BIG_GALLERY)
     try:
         run.read_until(SEEDING, timeout=180)
-        kids = the_cluster_processes(run)
-        run.proc.send_signal(signal.SIGTERM)
-        took = run.finish(timeout=_grace_s() + STOP_MARGIN_S)
-        text = run.text()
-        assert run.proc.returncode == 0, text
-        assert "stopping (draining, snapshotting)" in text
-        assert "Serving:" not in text, "seeding went on after SIGTERM"
-        assert f"{BIG_GALLERY:,}/{BIG_GALLERY:,}" not in text
-        assert not [k.cmdline for k in kids if k.alive()], f"left running ({took:.1f} s)"
-        assert all(port_free(p) for p in run.ports), run.ports
+        yield run
     finally:
         run.cleanup()
 
 
 @pytest.mark.timeout(300)
-def test_sigkill_of_the_parent_while_seeding_takes_every_child_with_it(tmp_path: Path) -> None:
-    run = LocalRun(tmp_path, BIG_GALLERY)
-    try:
-        run.read_until(SEEDING, timeout=180)
-        kids = the_cluster_processes(run)
-        run.proc.kill()
-        run.proc.wait(timeout=10)
-        survivors = wait_gone(kids, GONE_AFTER_PARENT_KILL_S)
-        assert not survivors, [k.cmdline for k in survivors]
-        assert all(port_free(p) for p in run.ports), run.ports
-    finally:
-        run.cleanup()
+def test_sigterm_while_seeding_stops_every_process_within_the_grace_time(
+    seeding: LocalRun,
+) -> None:
+    kids = the_cluster_processes(seeding)
+    seeding.proc.send_signal(signal.SIGTERM)
+    took = seeding.finish(timeout=_grace_s() + STOP_MARGIN_S)
+    text = seeding.text()
+    assert seeding.proc.returncode == 0, text
+    assert "stopping (draining, snapshotting)" in text
+    assert "Serving:" not in text, "seeding went on after SIGTERM"
+    assert f"{BIG_GALLERY:,}/{BIG_GALLERY:,}" not in text
+    assert not [k.cmdline for k in kids if k.alive()], f"left running ({took:.1f} s)"
+    assert all(port_free(p) for p in seeding.ports), seeding.ports
+
+
+@pytest.mark.timeout(300)
+def test_sigkill_of_the_parent_while_seeding_takes_every_child_with_it(seeding: LocalRun) -> None:
+    kids = the_cluster_processes(seeding)
+    seeding.proc.kill()
+    seeding.proc.wait(timeout=10)
+    survivors = wait_gone(kids, GONE_AFTER_PARENT_KILL_S)
+    assert not survivors, [k.cmdline for k in survivors]
+    assert all(port_free(p) for p in seeding.ports), seeding.ports
 
 
 @pytest.mark.timeout(300)

@@ -12,7 +12,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -51,6 +51,16 @@ class _Node:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    def wait_serving(self) -> _Node:
+        wait_serving(self.address, 60, self.proc)
+        return self
+
+    def stats(self, metadata: tuple[tuple[str, str], ...] = ()) -> ops_pb.NodeStats:
+        """The node's Stats, called on 127.0.0.1 with `metadata`."""
+        with grpc.insecure_channel(self.address) as channel:
+            stub = node_grpc.MatcherNodeStub(channel)
+            return stub.Stats(ops_pb.StatsRequest(), timeout=10, metadata=metadata)
+
     def stderr_lines(self) -> list[str]:
         return self.stderr_path.read_text().splitlines()
 
@@ -63,20 +73,25 @@ class _Node:
         self.proc.wait()
 
 
+StartNode = Callable[[dict[str, str]], _Node]
+
+
 @pytest.fixture
-def started() -> Iterator[list[_Node]]:
-    """Nodes a test starts; killed at the end."""
+def start(tmp_path: Path) -> Iterator[StartNode]:
+    """start(env): a node process on 0.0.0.0 with `env`; every one is killed at the end."""
     nodes: list[_Node] = []
-    yield nodes
+
+    def start_node(env: dict[str, str]) -> _Node:
+        nodes.append(_Node(tmp_path, env))
+        return nodes[-1]
+
+    yield start_node
     for node in nodes:
         node.kill()
 
 
-def test_without_the_secret_a_node_refuses_to_listen_beyond_loopback(
-    tmp_path: Path, started: list[_Node]
-) -> None:
-    node = _Node(tmp_path, {})
-    started.append(node)
+def test_without_the_secret_a_node_refuses_to_listen_beyond_loopback(start: StartNode) -> None:
+    node = start({})
     assert node.proc.wait(timeout=60) == 1
     plain = [line for line in node.stderr_lines() if not line.startswith("{")]
     assert len(plain) == 1, plain
@@ -86,35 +101,20 @@ def test_without_the_secret_a_node_refuses_to_listen_beyond_loopback(
     assert [e["level"] for e in refused] == ["error"]
 
 
-def test_the_loud_flag_lets_it_serve_and_logs_the_risk(
-    tmp_path: Path, started: list[_Node]
-) -> None:
-    node = _Node(tmp_path, {_ALLOW_ENV: "true"})
-    started.append(node)
-    wait_serving(node.address, 60, node.proc)
-    with grpc.insecure_channel(node.address) as channel:
-        stats = node_grpc.MatcherNodeStub(channel).Stats(ops_pb.StatsRequest(), timeout=10)
-    assert stats.serving
+def test_the_loud_flag_lets_it_serve_and_logs_the_risk(start: StartNode) -> None:
+    node = start({_ALLOW_ENV: "true"}).wait_serving()
+    assert node.stats().serving
     warned = [e for e in node.log_events() if e["event"] == "node_unprotected_network"]
     assert [e["level"] for e in warned] == ["error"]
     assert "any caller on the network" in str(warned[0]["detail"])
 
 
 def test_with_the_secret_it_serves_beyond_loopback_and_only_the_gateway(
-    tmp_path: Path, started: list[_Node]
+    start: StartNode,
 ) -> None:
-    node = _Node(tmp_path, {_SECRET_ENV: "s3cret-for-this-test"})
-    started.append(node)
-    wait_serving(node.address, 60, node.proc)
-    with grpc.insecure_channel(node.address) as channel:
-        stub = node_grpc.MatcherNodeStub(channel)
-        with pytest.raises(grpc.RpcError) as denied:
-            stub.Stats(ops_pb.StatsRequest(), timeout=10)
-        assert denied.value.code() == grpc.StatusCode.UNAUTHENTICATED
-        stats = stub.Stats(
-            ops_pb.StatsRequest(),
-            timeout=10,
-            metadata=(("x-tunggal-internal", "s3cret-for-this-test"),),
-        )
-    assert stats.serving
+    node = start({_SECRET_ENV: "s3cret-for-this-test"}).wait_serving()
+    with pytest.raises(grpc.RpcError) as denied:
+        node.stats()
+    assert denied.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert node.stats((("x-tunggal-internal", "s3cret-for-this-test"),)).serving
     assert not [e for e in node.log_events() if e["level"] == "error"]

@@ -7,14 +7,11 @@ same on a Gallery in this process.
 
 from __future__ import annotations
 
-import threading
-from concurrent.futures import ThreadPoolExecutor
-
 import grpc
 import numpy as np
 import pytest
 
-from tests.conftest import NodeProcess, enroll_on_node
+from tests.conftest import NodeProcess, enroll_on_node, replace_while_verifying
 from tunggal.node.v1 import node_pb2_grpc as node_grpc
 from tunggal.synthetic import FaceModel, subject_id
 from tunggal.templates import encode_template
@@ -33,46 +30,35 @@ def test_verify_over_grpc_never_answers_not_found_during_replaces(node: NodeProc
         encode_template(v) for v in np.concatenate([_MODEL.samples([3], c) for c in range(1, 5)])
     ]
     probe = pb.Probe(template=encode_template(_MODEL.samples([3], 9)[0]))
-    done = threading.Event()
     codes: list[grpc.StatusCode] = []
+    request = pb.VerifyRequest(subject_id=target, probe=probe)
 
     with grpc.insecure_channel(node.address) as channel:
         stub = node_grpc.MatcherNodeStub(channel)
         enroll_on_node(stub, range(200), _MODEL)
 
-        def replacer() -> None:
+        def replace(n: int) -> None:
+            first = n % 3
+            stub.Enroll(
+                pb.EnrollRequest(
+                    subject_id=target,
+                    templates=captures[first : first + 1 + n % 2],
+                    mode=pb.ENROLL_MODE_REPLACE,
+                ),
+                timeout=10,
+            )
+
+        def verify() -> bool:
             try:
-                for n in range(_REPLACES):
-                    first = n % 3
-                    stub.Enroll(
-                        pb.EnrollRequest(
-                            subject_id=target,
-                            templates=captures[first : first + 1 + n % 2],
-                            mode=pb.ENROLL_MODE_REPLACE,
-                        ),
-                        timeout=10,
-                    )
-            finally:
-                done.set()
+                reply = stub.Verify(request, timeout=10)
+            except grpc.RpcError as exc:
+                codes.append(exc.code())
+                return False
+            assert reply.templates_compared in (1, 2)
+            return True
 
-        def verifier() -> int:
-            request = pb.VerifyRequest(subject_id=target, probe=probe)
-            answered = 0
-            while not done.is_set():
-                try:
-                    reply = stub.Verify(request, timeout=10)
-                except grpc.RpcError as exc:
-                    codes.append(exc.code())
-                    continue
-                assert reply.templates_compared in (1, 2)
-                answered += 1
-            return answered
-
-        with ThreadPoolExecutor(_VERIFIERS + 1) as pool:
-            verifiers = [pool.submit(verifier) for _ in range(_VERIFIERS)]
-            pool.submit(replacer).result()  # re-raises a thread's failure here
-            answered = sum(v.result() for v in verifiers)
-        final = stub.Verify(pb.VerifyRequest(subject_id=target, probe=probe), timeout=10)
+        answered = replace_while_verifying(replace, verify, _REPLACES, _VERIFIERS)
+        final = stub.Verify(request, timeout=10)
     assert codes == []  # no NOT_FOUND, nor any other error
     assert answered >= _REPLACES  # the verifiers really ran alongside
     assert final.templates_compared == 1 + (_REPLACES - 1) % 2
