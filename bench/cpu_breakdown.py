@@ -36,8 +36,8 @@ import numpy as np
 from bench.identify import settled_stats
 from bench.report import command_line, cpu_seconds, log, machine, now, publish
 from tunggal.client import TunggalClient, bearer
-from tunggal.synthetic import FaceModel, subject_id
 from tunggal_tools.localcluster import LocalCluster, write_all_methods_tenants
+from tunggal_tools.synthetic import FaceModel, subject_id
 
 _K = 10
 KEY = "bench-cpu-breakdown-key"

@@ -42,7 +42,7 @@ from bench.report import machine as machine_line
 from matcher.exact import ExactMatrix, FloatMatrix, Labels, numpy_topk
 from matcher.onnx_topk import resolve_providers
 from tunggal.settings import NodeSettings
-from tunggal.synthetic import FaceModel
+from tunggal_tools.synthetic import FaceModel
 
 _GEN_CHUNK = 65_536
 _NUMPY_BLOCK = 65_536
@@ -252,7 +252,7 @@ def report(args: argparse.Namespace, cases: list[Case]) -> str:
             f" batch 1 = {args.singles} one-probe calls per run; medians of {args.repeats} runs"
         ),
         (
-            f"- data: tunggal.synthetic.{FaceModel()!r} with each row's dim and structure;"
+            f"- data: tunggal_tools.synthetic.{FaceModel()!r} with each row's dim and structure;"
             " gallery = capture 0, probes = capture 1"
         ),
         (

@@ -28,7 +28,7 @@ from bench.reference import add_cache_option, cache_path, raw_hnsw
 from bench.report import command_line, log, machine, now, publish
 from matcher.exact import ExactMatrix, FloatMatrix, Labels
 from matcher.quantized import QuantizedMatrix
-from tunggal.synthetic import FaceModel
+from tunggal_tools.synthetic import FaceModel
 
 QUERIES: tuple[tuple[str, int, float | None], ...] = (
     ("top-30, no floor", 30, None),

@@ -56,10 +56,10 @@ from bench.reference import (
 from bench.report import command_line, log, machine, now, publish
 from tunggal.client import NodeInfo, TunggalClient, bearer
 from tunggal.settings import NodeSettings
-from tunggal.synthetic import FaceModel, identity_of, subject_id
 from tunggal.v1 import tunggal_pb2 as pb
 from tunggal_tools.load import LoadConfig, TenantLoad, generate, identify_requests
 from tunggal_tools.localcluster import LocalCluster, write_all_methods_tenants
+from tunggal_tools.synthetic import FaceModel, identity_of, subject_id
 
 FloatMatrix = npt.NDArray[np.float32]
 

@@ -64,11 +64,11 @@ from bench.reference import add_cache_option, cache_path, raw_hnsw, raw_index_fi
 from bench.report import command_line, log, machine, now, publish, rss_bytes
 from tunggal.client import NodeInfo, TunggalClient, bearer
 from tunggal.settings import NodeSettings
-from tunggal.synthetic import FaceModel, subject_id
 from tunggal.templates import encode_template
 from tunggal.v1 import tunggal_pb2 as pb
 from tunggal_tools.load import LoadConfig, Summary, TenantLoad, generate, identify_requests
 from tunggal_tools.localcluster import LocalCluster, write_all_methods_tenants
+from tunggal_tools.synthetic import FaceModel, subject_id
 
 FloatMatrix = npt.NDArray[np.float32]
 

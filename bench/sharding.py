@@ -54,8 +54,8 @@ from matcher.snapshot import read_manifest, snapshots
 from matcher.store import Store
 from tunggal.client import TunggalClient, bearer
 from tunggal.settings import NodeSettings
-from tunggal.synthetic import FaceModel, identity_of, subject_id
 from tunggal_tools.load import identify_requests
+from tunggal_tools.synthetic import FaceModel, identity_of, subject_id
 
 FloatMatrix = npt.NDArray[np.float32]
 _K = 10

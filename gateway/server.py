@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import structlog
 from pydantic import ValidationError
 
 from gateway.app import NO_TENANTS_MESSAGE, run
@@ -28,6 +29,8 @@ from shard.shardmap import parse_nodes
 from tunggal.exposure import UnprotectedBindError
 from tunggal.logs import configure_logging
 from tunggal.settings import GatewaySettings
+
+_log = structlog.get_logger("gateway")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -109,6 +112,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         asyncio.run(run(settings))
     except (UnprotectedBindError, TenantsFileError, OSError) as exc:
+        _log.error("gateway_start_failed", error=str(exc))
         print(f"tunggal-gateway: error: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
 

@@ -19,10 +19,10 @@ import structlog
 
 from tunggal.client import bearer
 from tunggal.node.v1 import node_pb2_grpc as node_grpc
-from tunggal.synthetic import FaceModel, subject_id
 from tunggal.templates import encode_template
 from tunggal.v1 import tunggal_pb2 as pb
 from tunggal_tools.localcluster import LocalCluster, wait_serving
+from tunggal_tools.synthetic import FaceModel, subject_id
 
 ROOT = Path(__file__).resolve().parent.parent
 """The repository: the working directory of the processes tests start."""

@@ -21,7 +21,7 @@ from bench.sharding import load_shard, sharded_top
 from matcher.gallery import EnrollItem, Gallery
 from tests.conftest import free_port_run
 from tunggal.settings import NodeSettings
-from tunggal.synthetic import FaceModel, subject_id
+from tunggal_tools.synthetic import FaceModel, subject_id
 
 _N = 600
 _MODEL = FaceModel(dim=64, structure=0.7, rank=16)

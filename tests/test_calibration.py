@@ -17,7 +17,7 @@ from matcher.calibration import (
 )
 from matcher.gallery import EnrollItem, Gallery
 from tunggal.settings import NodeSettings
-from tunggal.synthetic import FaceModel, subject_id
+from tunggal_tools.synthetic import FaceModel, subject_id
 
 
 def test_probe_noise_matches_the_genuine_score() -> None:

@@ -14,9 +14,9 @@ import pytest
 
 from tests.conftest import TEST_AUTH, TEST_KEY, TEST_TENANTS, free_port_run
 from tunggal.client import TunggalClient
-from tunggal.synthetic import FaceModel, subject_id
 from tunggal_tools.cli import main
 from tunggal_tools.localcluster import LocalCluster
+from tunggal_tools.synthetic import FaceModel, subject_id
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]  # 20,000 subjects, restarts, kill -9
 

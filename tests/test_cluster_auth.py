@@ -33,9 +33,9 @@ from tunggal.client import TunggalClient, bearer
 from tunggal.internal_auth import METADATA_KEY
 from tunggal.node.v1 import node_pb2_grpc as node_grpc
 from tunggal.ops.v1 import ops_pb2 as ops_pb
-from tunggal.synthetic import subject_id
 from tunggal_tools.demo import DEMO_KEYS, DEMO_MODEL, seed
 from tunggal_tools.localcluster import DEMO_TENANTS_FILE, LocalCluster
+from tunggal_tools.synthetic import subject_id
 
 pytestmark = pytest.mark.cluster  # starts real Tunggal processes
 

@@ -14,7 +14,7 @@ import pytest
 from matcher.gallery import EnrollItem, Gallery, SearchQuery
 from matcher.store import Store
 from tunggal.settings import NodeSettings
-from tunggal.synthetic import FaceModel, subject_id
+from tunggal_tools.synthetic import FaceModel, subject_id
 
 _N = 2_000
 _MODEL = FaceModel(dim=128, structure=0.7)

@@ -16,7 +16,7 @@ import pytest
 from matcher.gallery import EnrollItem, Gallery
 from matcher.gallery.calibration import CalibrationStopped
 from tunggal.settings import NodeSettings
-from tunggal.synthetic import FaceModel, subject_id
+from tunggal_tools.synthetic import FaceModel, subject_id
 
 _MODEL = FaceModel(dim=128)
 _QUIET_S = 1.0

@@ -15,7 +15,7 @@ from matcher.gallery import EnrollItem, Gallery
 from tests.conftest import replace_while_verifying
 from tunggal.errors import NotFound
 from tunggal.settings import NodeSettings
-from tunggal.synthetic import FaceModel, subject_id
+from tunggal_tools.synthetic import FaceModel, subject_id
 
 _MODEL = FaceModel(dim=128, structure=0.7)
 _REPLACES = 60

@@ -83,9 +83,13 @@ def test_auth_off_beyond_loopback_is_refused(flags: list[str], env: dict[str, st
     result = run_to_exit(argv(free_port(), *flags), environment(**env), timeout=30)
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert "refusing to listen on '0.0.0.0' with authentication off" in lines[0]
-    assert f"{ALLOW}=true" in lines[0] and "--tenants" in lines[0]
+    plain = [line for line in lines if not line.startswith("{")]
+    assert len(plain) == 1, result.stderr  # one line for a person, beside the JSON log
+    assert plain[0].startswith("tunggal-gateway: error: ")
+    assert "refusing to listen on '0.0.0.0' with authentication off" in plain[0]
+    assert f"{ALLOW}=true" in plain[0] and "--tenants" in plain[0]
+    (logged,) = [json.loads(line) for line in lines if line.startswith("{")]
+    assert logged["event"] == "gateway_start_failed" and logged["level"] == "error"
 
 
 def test_auth_off_beyond_loopback_serves_when_allowed_and_says_so(tmp_path: Path) -> None:

@@ -16,9 +16,9 @@ from tests.conftest import NodeProcess, free_port
 from tunggal.node.v1 import node_pb2 as node_pb
 from tunggal.node.v1 import node_pb2_grpc as node_grpc
 from tunggal.ops.v1 import ops_pb2 as ops_pb
-from tunggal.synthetic import FaceModel, subject_id
 from tunggal.templates import encode_template
 from tunggal.v1 import tunggal_pb2 as pb
+from tunggal_tools.synthetic import FaceModel, subject_id
 
 pytestmark = pytest.mark.cluster  # starts real Tunggal processes
 

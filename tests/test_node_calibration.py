@@ -17,7 +17,7 @@ import pytest
 from tests.conftest import NodeProcess, enroll_on_node
 from tunggal.node.v1 import node_pb2_grpc as node_grpc
 from tunggal.ops.v1 import ops_pb2 as ops_pb
-from tunggal.synthetic import FaceModel
+from tunggal_tools.synthetic import FaceModel
 
 pytestmark = pytest.mark.cluster  # starts real Tunggal processes
 

@@ -13,9 +13,9 @@ import pytest
 
 from tests.conftest import NodeProcess, enroll_on_node, replace_while_verifying
 from tunggal.node.v1 import node_pb2_grpc as node_grpc
-from tunggal.synthetic import FaceModel, subject_id
 from tunggal.templates import encode_template
 from tunggal.v1 import tunggal_pb2 as pb
+from tunggal_tools.synthetic import FaceModel, subject_id
 
 pytestmark = pytest.mark.cluster  # starts real Tunggal processes
 

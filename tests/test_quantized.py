@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from matcher.exact import numpy_topk
 from matcher.quantized import QuantizedMatrix, quantize
-from tunggal.synthetic import FaceModel
+from tunggal_tools.synthetic import FaceModel
 
 FloatMatrix = npt.NDArray[np.float32]
 

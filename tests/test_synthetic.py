@@ -1,6 +1,6 @@
 """Synthetic face-like templates: their score distributions and reproducibility.
 
-The figures asserted here are the ones tunggal/synthetic.py documents and the
+The figures asserted here are the ones tunggal_tools/synthetic.py documents and the
 benchmarks rely on (genuine cosine about `genuine`, impostors centred on 0 and
 wider with more structure).
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tunggal.synthetic import FaceModel, identity_of, subject_id
+from tunggal_tools.synthetic import FaceModel, identity_of, subject_id
 
 
 @pytest.mark.parametrize("dim", [128, 512])

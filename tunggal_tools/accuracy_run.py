@@ -1,6 +1,6 @@
 """The work behind `tunggal accuracy`: data, an in-process Gallery, both searches.
 
-Data: synthetic (tunggal.synthetic.FaceModel; capture 0 enrolled, capture 1
+Data: synthetic (tunggal_tools.synthetic.FaceModel; capture 0 enrolled, capture 1
 of --mated enrolled identities as mated probes, capture 1 of --nonmated
 identities >= 1e9, never enrolled, as non-mated probes), or .npy files: the
 gallery (n, d) float32 where row i is subject i, the probes (m, d) float32,
@@ -29,8 +29,8 @@ import numpy.typing as npt
 from matcher.accuracy import Accuracy, evaluate
 from matcher.gallery import EnrollItem, Gallery
 from tunggal.settings import NodeSettings
-from tunggal.synthetic import FaceModel
 from tunggal_tools.accuracy import Report
+from tunggal_tools.synthetic import FaceModel
 
 FloatMatrix = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]

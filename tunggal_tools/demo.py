@@ -19,7 +19,7 @@ import grpc
 import numpy as np
 
 from tunggal.client import TunggalClient, bearer
-from tunggal.synthetic import FaceModel, subject_id
+from tunggal_tools.synthetic import FaceModel, subject_id
 
 DEMO_KEYS: Mapping[str, str] = {
     "bank-x": "demo-key-bank-x",

@@ -16,7 +16,7 @@ wait: latency under overload is not hidden by the generator slowing down
 next call when the last one answered (the way to find the maximum
 throughput).
 
-Templates are synthetic (`tunggal.synthetic`, the demo model of `tunggal
+Templates are synthetic (`tunggal_tools.synthetic`, the demo model of `tunggal
 local`): Identify and Verify send capture 1 of demo identities 0..N-1 (Verify
 against its own subject id), Enroll replaces identities from
 ``--enroll-offset`` on with their capture 0. Runs are bounded (``--total`` or
@@ -46,11 +46,11 @@ import numpy.typing as npt
 
 from tunggal.exposure import is_loopback as host_is_loopback
 from tunggal.settings import MiB, grpc_message_options
-from tunggal.synthetic import FaceModel, subject_id
 from tunggal.templates import encode_template
 from tunggal.v1 import tunggal_pb2 as pb
 from tunggal.v1 import tunggal_pb2_grpc as pb_grpc
 from tunggal_tools.demo import DEMO_KEYS, DEMO_MODEL
+from tunggal_tools.synthetic import FaceModel, subject_id
 
 LOAD_METHODS: Final = ("Identify", "Verify", "Enroll")
 MAX_TOTAL: Final = 10_000_000
