@@ -67,6 +67,21 @@ def port_free(port: int) -> bool:
     return True
 
 
+def wait_ports_free(ports: list[int], timeout: float) -> list[int]:
+    """Poll until every one of `ports` is free or `timeout` s pass; return those still held.
+
+    A process killed with SIGKILL shows as a zombie (or vanishes) once its main
+    thread has exited, while its other threads may still be closing the sockets
+    they share: the ports come free a moment later.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        held = [p for p in ports if not port_free(p)]
+        if not held or time.monotonic() >= deadline:
+            return held
+        time.sleep(0.05)
+
+
 def wait_gone(children: list[Child], timeout: float) -> list[Child]:
     """Poll until none of `children` is alive or `timeout` s pass; return the survivors."""
     deadline = time.monotonic() + timeout

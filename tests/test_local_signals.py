@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import free_port_run
-from tests.procfs import Child, children_of, port_free, wait_gone
+from tests.procfs import Child, children_of, wait_gone, wait_ports_free
 from tunggal.settings import GatewaySettings, NodeSettings
 
 pytestmark = [
@@ -36,6 +36,8 @@ BIG_GALLERY = 200_000
 STOP_MARGIN_S = 20.0
 """Time allowed beyond the processes' grace: interpreter exits and the nodes' snapshots."""
 GONE_AFTER_PARENT_KILL_S = 5.0
+PORTS_FREE_S = 5.0
+"""How long a gone process's listening sockets may take to close (its threads' exits)."""
 
 
 def _grace_s() -> float:
@@ -140,7 +142,7 @@ def test_sigterm_while_seeding_stops_every_process_within_the_grace_time(
     assert "Serving:" not in text, "seeding went on after SIGTERM"
     assert f"{BIG_GALLERY:,}/{BIG_GALLERY:,}" not in text
     assert not [k.cmdline for k in kids if k.alive()], f"left running ({took:.1f} s)"
-    assert all(port_free(p) for p in seeding.ports), seeding.ports
+    assert wait_ports_free(seeding.ports, PORTS_FREE_S) == []
 
 
 @pytest.mark.timeout(300)
@@ -150,7 +152,7 @@ def test_sigkill_of_the_parent_while_seeding_takes_every_child_with_it(seeding: 
     seeding.proc.wait(timeout=10)
     survivors = wait_gone(kids, GONE_AFTER_PARENT_KILL_S)
     assert not survivors, [k.cmdline for k in survivors]
-    assert all(port_free(p) for p in seeding.ports), seeding.ports
+    assert wait_ports_free(seeding.ports, PORTS_FREE_S) == []
 
 
 @pytest.mark.timeout(300)
@@ -184,7 +186,7 @@ def test_a_signal_during_start_up_stops_the_nodes_before_the_gateway_is_started(
         assert not (run.data_dir / "logs" / "gateway.log").exists(), "start-up went on"
         assert SEEDING.decode() not in text
         assert not [k.cmdline for k in run.seen.values() if k.alive()]
-        assert all(port_free(p) for p in run.ports), run.ports
+        assert wait_ports_free(run.ports, PORTS_FREE_S) == []
     finally:
         if frozen is not None and frozen.alive():
             os.kill(frozen.pid, signal.SIGCONT)
