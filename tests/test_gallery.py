@@ -42,15 +42,24 @@ def _index_vectors(gallery: Gallery, labels: np.ndarray) -> np.ndarray:
     return np.asarray(gallery._memory.index.get_items(labels), dtype=np.float32)
 
 
-def test_float16_matrix_halves_memory_and_keeps_answers(tmp_path: Path) -> None:
-    full = Gallery(_settings(tmp_path / "f32"))
-    half = Gallery(_settings(tmp_path / "f16", "float16"))
-    for gallery in (full, half):
+def _float32_and(tmp_path: Path, dtype: str) -> tuple[Gallery, Gallery]:
+    """Two galleries of the same templates: float32 rows and `dtype` rows."""
+    pair = Gallery(_settings(tmp_path / "float32")), Gallery(_settings(tmp_path / dtype, dtype))
+    for gallery in pair:
         _enroll(gallery, range(_N))
-    assert half.matrix_bytes < 0.55 * full.matrix_bytes
+    return pair
+
+
+def _mated_probes() -> list[tuple[np.ndarray, int]]:
+    """A new capture of every 40th identity, with the identity."""
     ids = list(range(0, _N, 40))
-    probes = _MODEL.samples(ids, 1)
-    for probe, i in zip(probes, ids, strict=True):
+    return list(zip(_MODEL.samples(ids, 1), ids, strict=True))
+
+
+def test_float16_matrix_halves_memory_and_keeps_answers(tmp_path: Path) -> None:
+    full, half = _float32_and(tmp_path, "float16")
+    assert half.matrix_bytes < 0.55 * full.matrix_bytes
+    for probe, i in _mated_probes():
         for exact in (True, False):
             top_full = full.search(probe, 3, -1.0, exact)
             top_half = half.search(probe, 3, -1.0, exact)
@@ -65,14 +74,10 @@ def test_float16_matrix_halves_memory_and_keeps_answers(tmp_path: Path) -> None:
 
 
 def test_int8_matrix_takes_a_quarter_and_keeps_exact_answers(tmp_path: Path) -> None:
-    full = Gallery(_settings(tmp_path / "f32"))
-    small = Gallery(_settings(tmp_path / "i8", "int8"))
-    for gallery in (full, small):
-        _enroll(gallery, range(_N))
+    full, small = _float32_and(tmp_path, "int8")
     assert small.matrix_bytes < 0.3 * full.matrix_bytes
-    ids = list(range(0, _N, 40))
-    probes = _MODEL.samples(ids, 1)
-    for probe, i in zip(probes, ids, strict=True):
+    mated = _mated_probes()
+    for probe, i in mated:
         for min_score in (-1.0, 0.3):
             want = full.search(probe, 5, min_score, True)
             got = small.search(probe, 5, min_score, True)
@@ -83,15 +88,15 @@ def test_int8_matrix_takes_a_quarter_and_keeps_exact_answers(tmp_path: Path) -> 
         score_small, _ = small.verify(subject_id(i), probe)
         assert score_small == pytest.approx(score_full, abs=1e-5)  # float32 rows, not int8
     small._memory.index.mark_deleted(5)  # an index that lost a live label: the store answers
-    assert small.search(probes[0], 1, -1.0, True)[0].subject_id == subject_id(0)
+    assert small.search(mated[0][0], 1, -1.0, True)[0].subject_id == subject_id(0)
     assert small.verify(subject_id(5), _MODEL.samples([5], 1)[0])[0] > 0.5
     small.delete(subject_id(0))
-    assert all(m.subject_id != subject_id(0) for m in small.search(probes[0], 5, -1.0, True))
+    assert all(m.subject_id != subject_id(0) for m in small.search(mated[0][0], 5, -1.0, True))
     full.close(snapshot=False)
     small.close(snapshot=False)
-    reopened = Gallery(_settings(tmp_path / "i8", "int8"))  # quantised again from the store
-    top = reopened.search(probes[1], 1, -1.0, True)
-    assert top[0].subject_id == subject_id(ids[1])
+    reopened = Gallery(_settings(tmp_path / "int8", "int8"))  # quantised again from the store
+    top = reopened.search(mated[1][0], 1, -1.0, True)
+    assert top[0].subject_id == subject_id(mated[1][1])
     reopened.close(snapshot=False)
 
 

@@ -12,13 +12,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port_run
+from tests.conftest import free_port_run, run_to_exit
 from tunggal_tools.demo import DemoClients, seed
 from tunggal_tools.localcluster import LocalCluster
 
@@ -71,15 +70,7 @@ def run_block(block: str, address: str) -> str:
     assert GRPCURL.exists(), f"{GRPCURL} is missing: `make test` installs it (Makefile)"
     script = "set -euo pipefail\n" + block.replace(README_ADDRESS, address)
     env = {**os.environ, "PATH": f"{GRPCURL.parent}{os.pathsep}{os.environ['PATH']}"}
-    done = subprocess.run(
-        ["/bin/bash", "-c", script],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = run_to_exit(["/bin/bash", "-c", script], env, timeout=120)
     assert done.returncode == 0, f"{block}\nstdout:\n{done.stdout}\nstderr:\n{done.stderr}"
     return done.stdout
 
