@@ -28,7 +28,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from gateway.fanout import Fanout
-from gateway.interceptors import build_interceptors
+from gateway.interceptors import MATCHER_SERVICE, OPERATIONS_SERVICE, build_interceptors
 from gateway.metrics import GatewayMetrics, start_metrics_server
 from gateway.nodes import NodePool
 from gateway.overload import AdaptiveLimiter
@@ -37,16 +37,12 @@ from gateway.tenants import TenantRegistry, TenantsFileError
 from shard.shardmap import Node, ShardMap, parse_nodes
 from tunggal.exposure import check_exposure
 from tunggal.internal_auth import SECRET_ENV
-from tunggal.ops.v1 import ops_pb2 as ops_pb
 from tunggal.ops.v1 import ops_pb2_grpc as ops_grpc
 from tunggal.settings import GatewaySettings, grpc_message_options
-from tunggal.v1 import tunggal_pb2 as pb
 from tunggal.v1 import tunggal_pb2_grpc as pb_grpc
 
 _log = structlog.get_logger("gateway")
 
-MATCHER_SERVICE: Final = pb.DESCRIPTOR.services_by_name["Matcher"].full_name
-OPERATIONS_SERVICE: Final = ops_pb.DESCRIPTOR.services_by_name["Operations"].full_name
 ALLOW_UNPROTECTED_ENV: Final = "TUNGGAL_GATEWAY_ALLOW_UNPROTECTED_NETWORK"
 NO_TENANTS_MESSAGE: Final = (
     "no tenants file: pass --tenants FILE or set TUNGGAL_GATEWAY_TENANTS_FILE "

@@ -15,6 +15,7 @@ request, is logged as ``shard_call_failed``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeAlias, TypeVar
@@ -188,7 +189,7 @@ class Fanout:
         exact.CopyFrom(search)  # the first may still sit in a batcher's queue
         exact.exact = True
         second = await self.search_all(exact, budget(), require_all)
-        return Search(second.candidates, second.answered, second.failures, escalated=True)
+        return dataclasses.replace(second, escalated=True)
 
     def _ambiguous(self, candidates: Sequence[pb.Candidate]) -> bool:
         best = candidates[0].score if candidates else None

@@ -38,6 +38,8 @@ from gateway.metrics import GatewayMetrics
 from gateway.overload import AdaptiveLimiter, Shed
 from gateway.quota import QuotaBook
 from gateway.tenants import METHODS, Priority, Tenant, TenantRegistry
+from tunggal.ops.v1 import ops_pb2 as ops_pb
+from tunggal.v1 import tunggal_pb2 as pb
 
 if TYPE_CHECKING:
     _ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
@@ -53,7 +55,9 @@ Behaviour = Callable[[Any, "Context"], Awaitable[Any]]
 
 _log = structlog.get_logger("tunggal.gateway.interceptors")
 
-TENANT_SERVICES: Final = frozenset({"tunggal.v1.Matcher", "tunggal.ops.v1.Operations"})
+MATCHER_SERVICE: Final = pb.DESCRIPTOR.services_by_name["Matcher"].full_name
+OPERATIONS_SERVICE: Final = ops_pb.DESCRIPTOR.services_by_name["Operations"].full_name
+TENANT_SERVICES: Final = frozenset({MATCHER_SERVICE, OPERATIONS_SERVICE})
 """Services whose methods a tenant may be allowed by name (Stats is Operations')."""
 OPEN_SERVICES: Final = frozenset(
     {

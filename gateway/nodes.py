@@ -70,10 +70,7 @@ class NodePool:
 
     def __init__(self, nodes: Iterable[Node], settings: GatewaySettings) -> None:
         options = channel_options(settings)
-        # Stripped as the nodes strip it: a Kubernetes Secret may end in a newline.
-        secret = (
-            settings.internal_secret.get_secret_value().strip() if settings.internal_secret else ""
-        )
+        secret = settings.internal_secret_value()
         # grpc-stubs types aio channel interceptors as a placeholder: Any.
         interceptors: Any = [InternalAuthClientInterceptor(secret)] if secret else None
         self._clients: dict[str, NodeClient] = {}

@@ -69,11 +69,8 @@ class OwnerTable:
 
     def get(self, label: int) -> str | None:
         """The subject owning `label`, None when it is free."""
-        length = int(self._length[label])
-        if length == 0:
-            return None
-        start = int(self._offset[label])
-        return self._arena[start : start + length].decode("ascii")
+        owner = self._owner_bytes(label)
+        return None if owner is None else owner.decode("ascii")
 
     def _owner_bytes(self, label: int) -> bytes | None:
         length = int(self._length[label])

@@ -143,17 +143,10 @@ def parse_args(argv: list[str] | None = None) -> NodeSettings:
     return NodeSettings(**overrides)
 
 
-def internal_secret(settings: NodeSettings) -> str | None:
-    """The gateway-to-node secret, None when unset (blank counts as unset)."""
-    if settings.internal_secret is None:
-        return None
-    return settings.internal_secret.get_secret_value().strip() or None
-
-
 def check_node_exposure(settings: NodeSettings) -> None:
     """Refuse (`tunggal.exposure.UnprotectedBindError`) to serve without the internal
     secret beyond loopback; when the operator allowed it, log the risk at error level."""
-    secret = internal_secret(settings)
+    secret = settings.internal_secret_value()
     allowed = check_exposure(
         host=settings.host,
         protected=secret is not None,
@@ -184,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
         _log.error("node_refused_to_start", reason=str(exc))
         sys.stderr.write(f"tunggal-node: error: {exc}\n")
         raise SystemExit(1) from None
-    secret = internal_secret(settings)
+    secret = settings.internal_secret_value()
     node = NodeServer(settings, [InternalAuthServerInterceptor(secret)] if secret else [])
     stop_requested = threading.Event()
 

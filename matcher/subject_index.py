@@ -68,10 +68,11 @@ class SubjectIndex:
     def chain(self, key: int) -> list[int]:
         """Every label linked under `key`, newest links first."""
         slot = self._find(key)
-        if slot < 0:
-            return []
+        return [] if slot < 0 else self._walk(int(self._heads[slot]))
+
+    def _walk(self, label: int) -> list[int]:
+        """The labels of the chain that starts at `label`."""
         out: list[int] = []
-        label = int(self._heads[slot])
         while label != END:
             out.append(label)
             label = int(self._next[label])
@@ -106,7 +107,7 @@ class SubjectIndex:
             slot = self._find(key)
             if slot < 0:
                 continue
-            kept = [label for label in self.chain(key) if label not in gone]
+            kept = [label for label in self._walk(int(self._heads[slot])) if label not in gone]
             if kept:
                 self._next[kept[:-1]] = kept[1:]
                 self._next[kept[-1]] = END

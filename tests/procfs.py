@@ -6,8 +6,12 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,16 @@ def port_free(port: int) -> bool:
     return True
 
 
+def _until_none(pending: Callable[[], list[T]], timeout: float, interval: float) -> list[T]:
+    """Poll `pending()` until it is empty or `timeout` s pass; what it last returned."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = pending()
+        if not left or time.monotonic() >= deadline:
+            return left
+        time.sleep(interval)
+
+
 def wait_ports_free(ports: list[int], timeout: float) -> list[int]:
     """Poll until every one of `ports` is free or `timeout` s pass; return those still held.
 
@@ -74,19 +88,9 @@ def wait_ports_free(ports: list[int], timeout: float) -> list[int]:
     thread has exited, while its other threads may still be closing the sockets
     they share: the ports come free a moment later.
     """
-    deadline = time.monotonic() + timeout
-    while True:
-        held = [p for p in ports if not port_free(p)]
-        if not held or time.monotonic() >= deadline:
-            return held
-        time.sleep(0.05)
+    return _until_none(lambda: [p for p in ports if not port_free(p)], timeout, 0.05)
 
 
 def wait_gone(children: list[Child], timeout: float) -> list[Child]:
     """Poll until none of `children` is alive or `timeout` s pass; return the survivors."""
-    deadline = time.monotonic() + timeout
-    while True:
-        alive = [child for child in children if child.alive()]
-        if not alive or time.monotonic() > deadline:
-            return alive
-        time.sleep(0.1)
+    return _until_none(lambda: [c for c in children if c.alive()], timeout, 0.1)

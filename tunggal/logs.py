@@ -21,7 +21,6 @@ need to trace a call (the gateway's audit log records them on purpose).
 from __future__ import annotations
 
 import logging
-import os
 import re
 import sys
 from collections.abc import Iterable, Mapping
@@ -32,7 +31,7 @@ import structlog
 from google.protobuf.message import Message
 from structlog.typing import EventDict, WrappedLogger
 
-from tunggal.internal_auth import SECRET_ENV
+from tunggal.internal_auth import internal_secret
 
 REDACTED = "[redacted]"
 """What a redacted value or text fragment is replaced with."""
@@ -104,12 +103,6 @@ _NAME_PLAIN, _NAME_SECRET, _NAME_TEMPLATE = 0, 1, 2
 _NAME_CACHE_MAX = 4096
 
 
-def environment_secrets(environ: Mapping[str, str] | None = None) -> list[str]:
-    """The secret values a process holds in its environment (the internal secret)."""
-    value = (os.environ if environ is None else environ).get(SECRET_ENV, "").strip()
-    return [value] if value else []
-
-
 class Redactor:
     """structlog processor: rewrite every value that must never be logged.
 
@@ -122,7 +115,11 @@ class Redactor:
 
     def __call__(self, _logger: WrappedLogger, _name: str, event_dict: EventDict) -> EventDict:
         """The event's fields, each redacted by its name and value."""
-        return {str(key): self._field(str(key), value) for key, value in event_dict.items()}
+        out: EventDict = {}
+        for key, value in event_dict.items():
+            name = str(key)
+            out[name] = self._field(name, value)
+        return out
 
     def text(self, text: str) -> str:
         """`text` with secret values and encoded binary replaced by REDACTED."""
@@ -261,7 +258,7 @@ def configure_logging(
     ignores any later ``structlog.configure``, such as a test's."""
     numeric = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
     structlog.configure(
-        processors=processors(service, [*secrets, *environment_secrets()]),
+        processors=processors(service, [*secrets, *filter(None, [internal_secret()])]),
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.PrintLoggerFactory(file=cast(TextIO, _CurrentStderr())),
         cache_logger_on_first_use=cache,

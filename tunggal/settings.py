@@ -9,9 +9,9 @@ flags of the console scripts override both. README.md lists them all.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MiB = 1024 * 1024
@@ -67,6 +67,10 @@ class MatchingSettings(BaseSettings):
         """Blank is unset; surrounding whitespace (a Secret file's newline) is dropped."""
         stripped = value.get_secret_value().strip() if value is not None else ""
         return SecretStr(stripped) if stripped else None
+
+    def internal_secret_value(self) -> str | None:
+        """The internal secret in clear (to send or compare it), None when unset."""
+        return self.internal_secret.get_secret_value() if self.internal_secret else None
 
 
 class NodeSettings(MatchingSettings):
@@ -275,17 +279,13 @@ class GatewaySettings(MatchingSettings):
         "(HTTP/2 MAX_CONCURRENT_STREAMS; more wait in the client); 0: no limit.",
     )
 
-    @field_validator("overload_max_limit")
-    @classmethod
-    def _limits_ordered(cls, value: int, info: Any) -> int:
-        # `info` is pydantic's ValidationInfo; min and initial are declared (so checked) first.
-        low = info.data.get("overload_min_limit", 1)
-        initial = info.data.get("overload_initial_limit", low)
-        if not low <= initial <= value:
+    @model_validator(mode="after")
+    def _limits_ordered(self) -> Self:
+        if not self.overload_min_limit <= self.overload_initial_limit <= self.overload_max_limit:
             raise ValueError(
                 "need overload_min_limit <= overload_initial_limit <= overload_max_limit"
             )
-        return value
+        return self
 
 
 def grpc_message_options(max_bytes: int) -> list[tuple[str, int]]:

@@ -96,18 +96,19 @@ def synthetic(
     return ProbeSet(gallery, probes, truth, source)
 
 
+_MATRIX = 2
+"""Dimensions of a gallery or probe array: (rows, dim)."""
+
+
 def from_npy(gallery_npy: Path, probes_npy: Path, truth_npy: Path) -> ProbeSet:
     """Gallery, probes and probe truth from .npy files (see the module docstring)."""
     gallery = np.load(gallery_npy)
     probes = np.load(probes_npy)
     truth = np.load(truth_npy)
-    match gallery.shape, probes.shape:
-        case (_, gallery_dim), (_, probe_dim) if gallery_dim == probe_dim:
-            pass
-        case _:
-            raise ValueError(
-                f"gallery {gallery.shape} and probes {probes.shape} must be (n, d), (m, d)"
-            )
+    if gallery.ndim != _MATRIX or probes.ndim != _MATRIX or gallery.shape[1] != probes.shape[1]:
+        raise ValueError(
+            f"gallery {gallery.shape} and probes {probes.shape} must be (n, d), (m, d)"
+        )
     if not np.issubdtype(truth.dtype, np.integer) or truth.shape != (probes.shape[0],):
         raise ValueError(f"probe truth must be ({probes.shape[0]},) integers, got {truth.shape}")
     if ((truth < -1) | (truth >= gallery.shape[0])).any():

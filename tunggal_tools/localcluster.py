@@ -35,7 +35,7 @@ from tunggal_tools import children
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_TENANTS_FILE = REPO / "deploy" / "tenants.demo.toml"
-"""The demo tenants (keys public, `gateway.tenants.DEMO_KEYS`)."""
+"""The demo tenants (keys public, `tunggal_tools.demo.DEMO_KEYS`)."""
 
 
 def write_all_methods_tenants(

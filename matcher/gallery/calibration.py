@@ -22,7 +22,7 @@ import structlog
 
 from matcher.calibration import DEFAULT_GRID, Calibration, choose_ef, make_probes
 from matcher.gallery.memory import ShardMemory
-from matcher.gallery.search import knn
+from matcher.gallery.search import exact_top1_chunks, knn
 from matcher.store import Store
 from tunggal.settings import NodeSettings
 
@@ -33,8 +33,6 @@ SETTLED_CHANGE = 0.01
 """A gallery whose size moved by at most this fraction has settled: a trickle
 of enrollments does not keep it unsettled, a bulk load does."""
 _META_KEY = "calibration"
-_EXACT_CHUNK = 1000
-"""Probes per exact-search call while measuring (a stop is noticed between calls)."""
 
 
 class CalibrationStopped(Exception):
@@ -110,10 +108,9 @@ class Calibrator:
             probes = make_probes(memory.matrix.rows(pick), settings.calibration_genuine, rng)
             _log.info("calibration_started", templates=memory.alive, probes=len(probes))
             exact_top: list[str] = []
-            for lo in range(0, len(probes), _EXACT_CHUNK):
+            for exact_labels, _ in exact_top1_chunks(memory.matrix, probes):
                 check_stop()
-                exact_labels, _ = memory.matrix.search(probes[lo : lo + _EXACT_CHUNK], 1)
-                exact_top.extend(memory.owners.names(exact_labels[:, 0]))
+                exact_top.extend(memory.owners.names(exact_labels))
             templates = memory.alive
 
         def hnsw_top(ef: int) -> list[str]:

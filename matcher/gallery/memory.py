@@ -39,13 +39,11 @@ class IndexRows:
     """
 
     def __init__(self, store: Store) -> None:
-        self.index: hnswlib.Index | None = None
+        self.index: hnswlib.Index  # set by recovery before any search can ask
         self._store = store
 
     def __call__(self, labels: Labels) -> FloatMatrix:
         """The float32 rows at live `labels`."""
-        if self.index is None:
-            return self._store.vectors(labels)
         try:
             rows: FloatMatrix = np.asarray(self.index.get_items(labels), dtype=np.float32)
         except RuntimeError as exc:  # hnswlib: "Label not found"

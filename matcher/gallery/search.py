@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import hnswlib
@@ -19,11 +19,23 @@ import numpy as np
 
 from matcher.gallery.memory import ShardMemory
 from matcher.gallery.values import FloatMatrix, Labels, Match, SearchQuery
+from matcher.matrix import SearchMatrix
 from tunggal.errors import NotFound
 from tunggal.settings import NodeSettings
 from tunggal.templates import in_escalation_band
 
 _EXACT_TOP1_CHUNK = 1000
+"""Probes per exact-search call of a rank-1 batch (the exact engine's working memory)."""
+
+
+def exact_top1_chunks(
+    matrix: SearchMatrix, probes: FloatMatrix
+) -> Iterator[tuple[Labels, FloatMatrix]]:
+    """Exact rank-1 (label, score) of `probes`, one chunk at a time; the caller
+    holds the lock shared (and may stop between chunks)."""
+    for lo in range(0, len(probes), _EXACT_TOP1_CHUNK):
+        labels, scores = matrix.search(probes[lo : lo + _EXACT_TOP1_CHUNK], 1)
+        yield labels[:, 0], scores[:, 0]
 
 
 def knn(
@@ -230,9 +242,8 @@ class Search:
         out: list[tuple[str | None, float]] = []
         memory = self._memory
         with memory.lock.shared():
-            for lo in range(0, len(probes), _EXACT_TOP1_CHUNK):
-                labels, scores = memory.matrix.search(probes[lo : lo + _EXACT_TOP1_CHUNK], 1)
-                for label, score in zip(labels[:, 0].tolist(), scores[:, 0].tolist(), strict=True):
+            for labels, scores in exact_top1_chunks(memory.matrix, probes):
+                for label, score in zip(labels.tolist(), scores.tolist(), strict=True):
                     owner = memory.owners.get(label) if label >= 0 else None
                     out.append((owner, score if owner is not None else -np.inf))
         return out
